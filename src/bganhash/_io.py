@@ -1,0 +1,65 @@
+"""Atomic file writes: a reader never sees a half-written file, and a failed write loses nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a completed rename durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json(path: str | os.PathLike, document: Any) -> None:
+    """Write `document` as indented JSON, atomically."""
+    with atomic_write(path, "w") as handle:
+        json.dump(document, handle, indent=2, sort_keys=False, default=_json_default)
+        handle.write("\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path`, atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def _json_default(value: Any) -> Any:
+    """Serialise numpy scalars and arrays and paths, which `json` does not know."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,53 @@
+"""Input validation shared by every public entry point: clear errors that name the bad value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """Bad user input (a file, an array, an option); the CLI prints it as one line and exits 2."""
+
+
+class NotFittedError(InputError, AttributeError):
+    """An estimator was used before `fit` (mirrors scikit-learn's exception of the same name)."""
+
+
+def check_fitted(estimator: Any, attribute: str) -> None:
+    """Raise NotFittedError unless `estimator` has the learned `attribute` (one ending in `_`)."""
+    if getattr(estimator, attribute, None) is None:
+        raise NotFittedError(
+            f"This {type(estimator).__name__} instance is not fitted yet; call fit(X) before using it."
+        )
+
+
+def check_features(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
+    """Return `X` as a finite float32 (n, d) array, or raise InputError naming what is wrong."""
+    try:
+        array = np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise InputError(f"{name} cannot be read as an array: {exc}") from exc
+    if array.ndim != 2:
+        raise InputError(f"{name} must be 2-D (n_samples, n_features); got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise InputError(f"{name} has no rows (shape {array.shape})")
+    if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
+        raise InputError(f"{name} must be numeric; got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).any(axis=1).sum())
+        raise InputError(f"{name} contains NaN or infinite values in {bad} row(s)")
+    if n_features is not None and array.shape[1] != n_features:
+        raise InputError(f"{name} has {array.shape[1]} features, but this model was fitted on {n_features}")
+    return array
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return `value` as an int >= `minimum`, or raise InputError echoing the value and the rule."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name}={value!r} must be an integer >= {minimum}")
+    if value < minimum:
+        raise InputError(f"{name}={value} must be >= {minimum}")
+    return int(value)

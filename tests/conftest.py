@@ -1,0 +1,31 @@
+"""Shared test fixtures: the optional ../shared data, seeded RNGs, temporary caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+CIFAR10_ZIP = SHARED_DATA / "cifar10-jpg.zip"
+
+
+@pytest.fixture
+def cifar10_zip() -> Path:
+    """Path of the CIFAR-10 JPEG zip in ../shared/data; the test is skipped when it is absent."""
+    if not CIFAR10_ZIP.is_file():
+        pytest.skip(f"needs {CIFAR10_ZIP} (the project's shared data), which is absent on this machine")
+    return CIFAR10_ZIP
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep feature caches written by tests out of the user's home cache."""
+    monkeypatch.setenv("BGANHASH_CACHE", str(tmp_path_factory.mktemp("bganhash-cache")))
