@@ -1,0 +1,31 @@
+"""Hashers: every method learns `fit(X)` and maps features to {-1,+1} codes with `encode(X)`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bganhash._validation import InputError
+from bganhash.hashers.base import Hasher
+from bganhash.hashers.itq import ITQ
+from bganhash.hashers.lsh import LSH
+from bganhash.hashers.pcah import PCAH
+from bganhash.hashers.sh import SH
+from bganhash.hashers.spherical import SphericalHashing
+
+HASHERS: dict[str, type[Hasher]] = {"lsh": LSH, "pcah": PCAH, "itq": ITQ, "sh": SH, "sph": SphericalHashing}
+BASELINES: tuple[str, ...] = ("lsh", "pcah", "itq", "sh", "sph")
+
+
+def create_hasher(name: str, n_bits: int, random_state: int | None = None, **params: Any) -> Hasher:
+    """Build the hasher registered as `name` (see `HASHERS`) with its hyper-parameters."""
+    if name not in HASHERS:
+        raise InputError(f"unknown hasher {name!r}; choose one of: {', '.join(HASHERS)}")
+    hasher_class = HASHERS[name]
+    try:
+        return hasher_class(n_bits, random_state=random_state, **params)
+    except TypeError as exc:
+        accepted = ", ".join(hasher_class(n_bits).get_params())
+        raise InputError(f"{name} does not take {sorted(params)}; its parameters are: {accepted}") from exc
+
+
+__all__ = ["BASELINES", "HASHERS", "ITQ", "LSH", "PCAH", "SH", "Hasher", "SphericalHashing", "create_hasher"]
