@@ -1,0 +1,207 @@
+"""The paper's evaluation protocol: features and split in, hashers fitted on the training images,
+codes ranked by Hamming distance, mAP@all out, and Table-3-style reports beside the paper's rows."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from bganhash import paper
+from bganhash._io import write_json, write_text
+from bganhash._validation import InputError
+
+RANKING_RULE = "Hamming distance, ties broken by database order"
+
+
+@dataclass
+class ProtocolData:
+    """A labelled dataset with its features (row i = image i) and its protocol split."""
+
+    dataset: object
+    features: np.ndarray
+    split: object
+    feature_source: str
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.labels
+
+    def part(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels of one part of the split: "query", "train" or "database"."""
+        indices = getattr(self.split, name)
+        return self.features[indices], self.labels[indices]
+
+
+@dataclass
+class ResultTable:
+    """mAP of each method at each bit length on one dataset, plus what produced it."""
+
+    dataset: str
+    bits: list[int]
+    scores: dict[str, dict[int, float]] = field(default_factory=dict)
+    seconds: dict[str, dict[int, float]] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def add(self, method: str, n_bits: int, score: float, seconds: float) -> None:
+        self.scores.setdefault(method, {})[n_bits] = float(score)
+        self.seconds.setdefault(method, {})[n_bits] = float(seconds)
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "metric": "mAP@all",
+            "ranking": RANKING_RULE,
+            "bits": self.bits,
+            "map": {m: {str(b): v for b, v in row.items()} for m, row in self.scores.items()},
+            "fit_encode_seconds": {m: {str(b): v for b, v in row.items()} for m, row in self.seconds.items()},
+            "paper": _paper_rows(self.dataset),
+            **self.metadata,
+        }
+
+
+def prepare_protocol(
+    dataset_name: str,
+    data: str | Path | None = None,
+    *,
+    features_path: str | Path | None = None,
+    feature_config=None,
+    seed: int = 0,
+    on_error: str = "skip",
+    progress: bool = True,
+) -> ProtocolData:
+    """Load a labelled dataset, draw its protocol split and get its features (cached or from a .npy)."""
+    from bganhash.datasets import load_dataset
+    from bganhash.datasets.splits import protocol_split
+    from bganhash.features import FeatureConfig, extract_features, load_features
+
+    dataset = load_dataset(dataset_name, data, on_error=on_error)
+    if dataset.labels is None:
+        raise InputError(
+            f"dataset {dataset_name!r} at {data} has no labels (no class sub-folders), so retrieval "
+            "cannot be evaluated; use `bganhash index` to search it instead"
+        )
+    split = protocol_split(dataset, seed=seed)
+    if features_path is not None:
+        features = load_features(features_path, n_expected=len(dataset))
+        source = f"precomputed features from {features_path}"
+    else:
+        config = feature_config or FeatureConfig()
+        features = extract_features(dataset, config, progress=progress)
+        source = f"{config.backbone} at {config.image_size}px (ImageNet-pretrained, pooled)"
+    return ProtocolData(dataset=dataset, features=features, split=split, feature_source=source)
+
+
+def evaluate_hasher(hasher, data: ProtocolData) -> float:
+    """Fit `hasher` on the training images, encode queries and database, return mAP@all."""
+    from bganhash.metrics import mean_average_precision
+
+    train_features, _ = data.part("train")
+    query_features, query_labels = data.part("query")
+    database_features, database_labels = data.part("database")
+    hasher.fit(train_features)
+    return mean_average_precision(
+        hasher.encode(query_features), hasher.encode(database_features), query_labels, database_labels
+    )
+
+
+def run_baselines(
+    data: ProtocolData,
+    bits: Sequence[int],
+    methods: Iterable[str] | None = None,
+    *,
+    seed: int = 0,
+    on_cell: Callable[[str, int, float], None] | None = None,
+) -> ResultTable:
+    """Evaluate each baseline at each bit length under the protocol; `on_cell` reports progress."""
+    from bganhash.hashers import BASELINES, create_hasher
+
+    table = ResultTable(dataset=data.dataset.name, bits=list(bits), metadata=protocol_metadata(data, seed))
+    for method in methods or BASELINES:
+        for n_bits in bits:
+            start = time.perf_counter()
+            score = evaluate_hasher(create_hasher(method, n_bits, random_state=seed), data)
+            table.add(method, n_bits, score, time.perf_counter() - start)
+            if on_cell is not None:
+                on_cell(method, n_bits, score)
+    return table
+
+
+def protocol_metadata(data: ProtocolData, seed: int) -> dict:
+    """What a reader needs to know to trust and reproduce a result table."""
+    import bganhash
+
+    return {
+        "protocol": getattr(data.split, "protocol", "paper"),
+        "seed": seed,
+        "n_query": int(len(data.split.query)),
+        "n_train": int(len(data.split.train)),
+        "n_database": int(len(data.split.database)),
+        "features": data.feature_source,
+        "data": str(getattr(data.dataset, "root", None)),
+        "bganhash": bganhash.__version__,
+        "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def table_markdown(table: ResultTable, display_names: dict[str, str] | None = None) -> str:
+    """A Table-3-style Markdown table: our rows, then the paper's rows for the same dataset."""
+    names = display_names or _display_names()
+    header = "| Method | " + " | ".join(f"{b} bits" for b in table.bits) + " |"
+    lines = [header, "|---|" + "---|" * len(table.bits)]
+    for method, row in table.scores.items():
+        cells = [_fmt(row.get(b)) for b in table.bits]
+        lines.append(f"| {names.get(method, method)} (ours) | " + " | ".join(cells) + " |")
+    for row_name, values in _paper_rows(table.dataset).items():
+        cells = [_fmt(_paper_value(values, b)) for b in table.bits]
+        lines.append(f"| {row_name} (paper) | " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        f"mAP@all on {table.dataset} ({table.metadata.get('protocol', 'paper')} split, seed "
+        f"{table.metadata.get('seed')}: {table.metadata.get('n_query')} queries, "
+        f"{table.metadata.get('n_train')} training images, {table.metadata.get('n_database')} database images). "
+        f"Ranking: {RANKING_RULE}.",
+        f"Our features: {table.metadata.get('features')}. The paper's rows used its own features "
+        "(`+VGG`: VGG-fc7; others hand-crafted) and, for CIFAR-10, the official pickles.",
+    ]
+    if "cifar10" in table.dataset and str(table.metadata.get("data", "")).endswith(".zip"):
+        notes.append("Data: CIFAR-10 (JPEG copy), whose pixels differ slightly from the official pickles.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_results(table: ResultTable, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
+    """Write `<stem>.json` and `<stem>.md` under `out_dir`, atomically; return both paths."""
+    out = Path(out_dir)
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    write_json(json_path, table.to_dict())
+    write_text(md_path, table_markdown(table))
+    return json_path, md_path
+
+
+def _paper_rows(dataset: str) -> dict[str, tuple]:
+    return dict(paper.TABLE3.get(dataset, {}))
+
+
+def _paper_value(values: tuple, n_bits: int) -> float | None:
+    return values[paper.PAPER_BITS.index(n_bits)] if n_bits in paper.PAPER_BITS else None
+
+
+def _display_names() -> dict[str, str]:
+    from bganhash.hashers import HASHERS
+
+    return {name: getattr(cls, "display_name", name) for name, cls in HASHERS.items()}
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
