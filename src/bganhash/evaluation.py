@@ -97,15 +97,34 @@ def prepare_protocol(
 
 
 def evaluate_hasher(hasher, data: ProtocolData) -> float:
-    """Fit `hasher` on the training images, encode queries and database, return mAP@all."""
+    """Fit `hasher` on the training images' features, then return its mAP@all (see `score_hasher`)."""
+    hasher.fit(data.part("train")[0])
+    return score_hasher(hasher, data)
+
+
+def score_hasher(hasher, data: ProtocolData) -> float:
+    """mAP@all of a fitted hasher: queries ranked against the database by Hamming distance."""
     from bganhash.metrics import mean_average_precision
 
-    train_features, _ = data.part("train")
     query_features, query_labels = data.part("query")
     database_features, database_labels = data.part("database")
-    hasher.fit(train_features)
     return mean_average_precision(
         hasher.encode(query_features), hasher.encode(database_features), query_labels, database_labels
+    )
+
+
+def fit_bgan(hasher, data: ProtocolData, *, checkpoint_dir: str | Path | None = None, resume: bool = False,
+             progress: bool = True):
+    """Train a BGANHasher on the split's training images: their features, pixels and labels (the
+    labels are used only by the supervised variant). Returns the fitted hasher."""
+    train = data.split.train
+    return hasher.fit(
+        data.features[train],
+        images=data.dataset.to_array(train),
+        labels=data.labels[train],
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
     )
 
 

@@ -1,0 +1,187 @@
+"""Research commands: features, baselines (and the model's train / encode)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from bganhash.cli._common import data_options, emit, feature_config, parse_bits, parse_methods
+from bganhash.evaluation import table_markdown
+
+
+@click.command()
+@data_options
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the features to this .npy file.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def features(dataset, data, features_path, backbone, image_size, seed, out, as_json) -> None:
+    """Extract (and cache) pretrained backbone features of a dataset."""
+    import numpy as np
+
+    from bganhash._io import atomic_write
+    from bganhash.datasets import load_dataset
+    from bganhash.features import extract_features
+
+    if features_path is not None:
+        raise click.UsageError("--features makes no sense here: this command computes features")
+    images = load_dataset(dataset, data)
+    config = feature_config(backbone, image_size)
+    start = time.perf_counter()
+    matrix = extract_features(images, config, progress=True)
+    seconds = time.perf_counter() - start
+    if out is not None:
+        with atomic_write(out) as handle:
+            np.save(handle, matrix)
+    summary = {"dataset": dataset, "n_images": int(matrix.shape[0]), "n_features": int(matrix.shape[1]),
+               "backbone": config.backbone, "image_size": config.image_size, "seconds": round(seconds, 2),
+               "out": str(out) if out else None}
+    emit(summary, as_json, f"{matrix.shape[0]} images -> {matrix.shape[1]}-d features "
+         f"({config.backbone}, {config.image_size}px) in {seconds:.1f} s" + (f"; written to {out}" if out else ""))
+
+
+@click.command()
+@data_options
+@click.option("--bits", default="12,24,32,48", show_default=True, callback=parse_bits, help="Code lengths.")
+@click.option("--methods", default="lsh,pcah,itq,sh,sph", show_default=True, callback=parse_methods,
+              help="Baselines to run.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for the results table (Markdown + JSON) and the split [default: results/baselines-DATASET].")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
+def baselines(dataset, data, features_path, backbone, image_size, seed, bits, methods, out, as_json) -> None:
+    """Run the classic baselines (LSH, PCAH, ITQ, SH, SpH) under the paper's protocol: a Table-3-style report."""
+    from bganhash.evaluation import run_baselines, write_results
+
+    protocol = prepare_for(dataset, data, features_path, feature_config(backbone, image_size), seed)
+    out = out or Path("results") / f"baselines-{dataset}"
+
+    def report(method: str, n_bits: int, score: float) -> None:
+        click.echo(f"  {method:>5} {n_bits:>3} bits  mAP@all {score:.4f}", err=True)
+
+    table = run_baselines(protocol, bits, methods, seed=seed, on_cell=report)
+    protocol.split.save(out / "split.json")
+    json_path, md_path = write_results(table, out, "table3")
+    document = {**table.to_dict(), "files": {"json": str(json_path), "markdown": str(md_path), "split": str(out / "split.json")}}
+    emit(document, as_json, table_markdown(table) + f"\nWritten: {md_path}, {json_path}")
+
+
+def parse_overrides(_ctx, _param, values: tuple[str, ...]) -> dict:
+    """Parse repeated `--set field=value` into a dict; values are JSON when they parse, else strings."""
+    import json
+
+    overrides = {}
+    for item in values:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} must look like field=value, e.g. k1=50 or lr=0.001")
+        try:
+            overrides[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[name.strip()] = raw
+    return overrides
+
+
+@click.command()
+@data_options
+@click.option("--bits", default="32", show_default=True, callback=parse_bits, help="Code length(s), e.g. 12,24,32,48.")
+@click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
+              help="Compute budget: cpu (hash head on cached features, narrow GAN), paper (the paper's networks, "
+                   "for a GPU); auto picks paper when CUDA is available.")
+@click.option("--set", "overrides", multiple=True, callback=parse_overrides, metavar="FIELD=VALUE",
+              help="Override one configuration field (repeatable), e.g. --set k1=50 --set use_adversarial=false.")
+@click.option("--compare", default="lsh,itq", show_default=True, callback=parse_methods,
+              help="Baselines trained and scored on the same features and split.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Run folder: models, checkpoints, history and results [default: runs/bgan-DATASET].")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out (same final codes).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
+def train(dataset, data, features_path, backbone, image_size, seed, bits, preset, overrides, compare, out,
+          resume, as_json) -> None:
+    """Train BGAN under the paper's protocol and score it (mAP@all) next to the baselines."""
+    from bganhash.bgan import BGANHasher
+    from bganhash.evaluation import ResultTable, fit_bgan, protocol_metadata, run_baselines, score_hasher, write_results
+
+    features = feature_config(backbone, image_size)
+    protocol = prepare_for(dataset, data, features_path, features, seed)
+    out = out or Path("runs") / f"bgan-{dataset}"
+    table = ResultTable(dataset=protocol.dataset.name, bits=list(bits), metadata=protocol_metadata(protocol, seed))
+    models = {}
+    for n_bits in bits:
+        run_dir = out / f"{n_bits}bit"
+        hasher = BGANHasher(n_bits, preset=preset, random_state=seed, feature_config=features, **overrides)
+        start = time.perf_counter()
+        fit_bgan(hasher, protocol, checkpoint_dir=run_dir / "checkpoints", resume=resume)
+        table.add("bgan", n_bits, score_hasher(hasher, protocol), time.perf_counter() - start)
+        models[n_bits] = str(hasher.save(run_dir / "model"))
+        click.echo(f"  BGAN {n_bits:>3} bits  mAP@all {table.scores['bgan'][n_bits]:.4f}  "
+                   f"({table.seconds['bgan'][n_bits]:.0f} s)", err=True)
+    baseline_table = run_baselines(protocol, bits, compare, seed=seed)
+    for method in compare:
+        for n_bits in bits:
+            table.add(method, n_bits, baseline_table.scores[method][n_bits], baseline_table.seconds[method][n_bits])
+    protocol.split.save(out / "split.json")
+    json_path, md_path = write_results(table, out, "results")
+    document = {**table.to_dict(), "models": {str(b): p for b, p in models.items()},
+                "files": {"json": str(json_path), "markdown": str(md_path)}}
+    models_text = "\n".join(f"Model ({b} bits): {p}" for b, p in models.items())
+    emit(document, as_json, table_markdown(table) + f"\n{models_text}\nResults: {md_path}")
+
+
+def prepare_for(dataset, data, features_path, features, seed):
+    """The protocol data a research command works on (split, labels, features)."""
+    from bganhash.evaluation import prepare_protocol
+
+    return prepare_protocol(dataset, data, features_path=features_path, feature_config=features, seed=seed)
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the codes (.npy): int8 {-1,+1} (n, bits), or uint8 packed with --packed.")
+@click.option("--packed", is_flag=True, help="Write packed bits (n, ceil(bits/8)) uint8, faiss's layout.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def encode(model, inputs, out, packed, as_json) -> None:
+    """Encode images (files or folders) or a features .npy with a saved hasher: MODEL INPUTS..."""
+    import numpy as np
+
+    from bganhash._io import atomic_write, write_json
+    from bganhash.codes import pack_codes
+    from bganhash.hashers import load_hasher
+
+    hasher = load_hasher(model)
+    sources, codes = encode_inputs(hasher, inputs)
+    with atomic_write(out) as handle:
+        np.save(handle, pack_codes(codes) if packed else codes)
+    sources_path = out.with_suffix(".sources.json")
+    write_json(sources_path, sources)
+    summary = {"model": str(model), "n_codes": int(codes.shape[0]), "n_bits": int(codes.shape[1]),
+               "packed": packed, "out": str(out), "sources": str(sources_path)}
+    emit(summary, as_json, f"{codes.shape[0]} codes of {codes.shape[1]} bits written to {out} "
+         f"(row order in {sources_path})")
+
+
+def encode_inputs(hasher, inputs: tuple[Path, ...]):
+    """Codes for a features .npy, or for image files and folders (recursively); returns (sources, codes)."""
+    import numpy as np
+
+    from bganhash._validation import InputError
+    from bganhash.datasets import load_dataset
+    from bganhash.features import load_features
+
+    if len(inputs) == 1 and inputs[0].suffix == ".npy":
+        features = load_features(inputs[0])
+        return [f"{inputs[0]}#{i}" for i in range(len(features))], hasher.encode(features)
+    paths: list[str] = []
+    for item in inputs:
+        if item.is_dir():
+            folder = load_dataset("folder", item, labels=False)
+            paths.extend(str(Path(folder.root) / location) for location in folder.locations)
+        elif item.is_file():
+            paths.append(str(item))
+        else:
+            raise InputError(f"{item}: no such file or folder")
+    if not hasattr(hasher, "feature_config"):
+        raise InputError(f"{type(hasher).__name__} works on features: give a .npy file of features, not images")
+    return paths, np.asarray(hasher.encode(paths, progress=True))

@@ -1,0 +1,111 @@
+"""The command line, driven through click's runner as a user would type it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.datasets import load_digits
+
+from bganhash.cli import main
+
+
+@pytest.fixture
+def digits_features(tmp_path):
+    """Digits' raw 64 pixel values as 'precomputed features', so CLI tests skip the backbone."""
+    path = tmp_path / "digits-pixels.npy"
+    np.save(path, load_digits().data.astype(np.float32))
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_every_command_has_help():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in main.commands:
+        sub = run(command, "--help")
+        assert sub.exit_code == 0, command
+        assert "Usage" in sub.output
+
+
+def test_baselines_json_reports_every_method_and_bit_length(digits_features, tmp_path):
+    out = tmp_path / "res"
+    result = run("baselines", "--features", str(digits_features), "--bits", "8,16", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert set(document["map"]) == {"lsh", "pcah", "itq", "sh", "sph"}
+    for row in document["map"].values():
+        assert set(row) == {"8", "16"}
+        assert all(0.0 < value <= 1.0 for value in row.values())
+    # digits pixels are very informative: ITQ must be far above the 0.1 of random codes
+    assert document["map"]["itq"]["16"] > 0.4
+    assert (out / "table3.md").is_file() and (out / "split.json").is_file()
+    assert "ITQ (ours)" in (out / "table3.md").read_text()
+
+
+def test_baselines_text_output_names_the_ranking_rule(digits_features, tmp_path):
+    result = run("baselines", "--features", str(digits_features), "--bits", "8", "--methods", "itq",
+                 "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "ties broken by database order" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--bits", "12,abc"), "comma-separated integers"),
+        (("--bits", "0"), "between 1 and 1024"),
+        (("--methods", "itq,foo"), "unknown method"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(digits_features, args, message):
+    result = run("baselines", "--features", str(digits_features), *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_missing_features_file_is_a_one_line_error(tmp_path):
+    result = run("baselines", "--features", str(tmp_path / "nope.npy"))
+    assert result.exit_code == 2
+    assert "nope.npy" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_features_with_wrong_row_count_are_refused(tmp_path):
+    path = tmp_path / "short.npy"
+    np.save(path, np.zeros((10, 4), dtype=np.float32))
+    result = run("baselines", "--features", str(path))
+    assert result.exit_code == 2
+    assert "short.npy" in result.output
+
+
+def test_features_with_nan_are_refused(tmp_path):
+    values = load_digits().data.astype(np.float32)
+    values[3, 2] = np.nan
+    path = tmp_path / "nan.npy"
+    np.save(path, values)
+    result = run("baselines", "--features", str(path))
+    assert result.exit_code == 2
+    assert "nan.npy" in result.output or "NaN" in result.output
+
+
+def test_missing_dataset_path_is_a_one_line_error(tmp_path):
+    result = run("baselines", "--dataset", "folder", "--data", str(tmp_path / "no-such-folder"))
+    assert result.exit_code == 2
+    assert "no-such-folder" in result.output
+
+
+@pytest.mark.slow
+def test_baselines_with_no_arguments_runs_on_digits_with_the_backbone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("baselines", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["dataset"] == "digits"
+    assert document["map"]["itq"]["32"] > document["map"]["lsh"]["12"] * 0.5
+    assert (tmp_path / "results" / "baselines-digits" / "table3.json").is_file()

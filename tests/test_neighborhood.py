@@ -1,0 +1,272 @@
+"""Algorithm 1 and the supervised S, checked entry for entry against plain-Python references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from bganhash import neighborhood
+from bganhash._validation import InputError
+from bganhash.neighborhood import (
+    expand_neighborhood,
+    knn_cosine,
+    knn_label_precision_curve,
+    label_neighborhood,
+    label_precision,
+    neighborhood_structure,
+    positives_per_image,
+)
+
+# --- references: the algorithm as written, with Python sets and sorted tuples ------------------------
+
+
+def reference_knn(features: np.ndarray, k: int) -> np.ndarray:
+    """Brute-force cosine K-NN: rank every j by (not self, -similarity, j)."""
+    unit = features.astype(np.float64) / np.linalg.norm(features.astype(np.float64), axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    n = len(features)
+    return np.array(
+        [sorted(range(n), key=lambda j: (j != i, -similarity[i, j], j))[: k + 1] for i in range(n)]
+    )
+
+
+def reference_expand(lists: np.ndarray, k2: int) -> np.ndarray:
+    """Algorithm 1 by a double loop: overlaps with Python sets, top K2 by sorted((-count, j)), union."""
+    sets = [set(row.tolist()) for row in lists]
+    n = len(sets)
+    positive = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        counts = sorted((-len(sets[i] & sets[j]), j) for j in range(n))
+        for _, j in counts[:k2]:
+            for member in sets[j]:
+                positive[i, member] = positive[member, i] = True
+    return positive
+
+
+# --- feature sets -----------------------------------------------------------------------------------
+
+
+def lattice_features(
+    rng: np.random.Generator, n: int, n_centres: int, flips: int, dim: int = 32, nonzeros: int = 16
+) -> np.ndarray:
+    """Clustered rows in {-1, 0, 1}^dim with `nonzeros` (a power of 4) non-zeros, some duplicated or
+    scaled by powers of two.
+
+    Norms are powers of two, so every cosine is a multiple of 1/nonzeros, exact in float32 and
+    float64: ties are exact and plentiful, and the tie rules decide the answer.
+    """
+    centres = np.zeros((n_centres, dim), dtype=np.float32)
+    for centre in centres:
+        centre[rng.choice(dim, nonzeros, replace=False)] = rng.choice([-1.0, 1.0], nonzeros)
+    features = centres[rng.integers(0, n_centres, n)]
+    for row in features:
+        support = np.flatnonzero(row)
+        row[rng.choice(support, rng.integers(0, flips + 1), replace=False)] *= -1
+    copies = rng.choice(n, n // 5, replace=False)
+    features[copies] = features[rng.choice(n, n // 5)] * 2.0 ** rng.integers(-2, 3, (n // 5, 1))
+    return features
+
+
+def gaussian_features(rng: np.random.Generator, n: int, n_centres: int) -> np.ndarray:
+    centres = rng.normal(size=(n_centres, 24))
+    features = centres[rng.integers(0, n_centres, n)] + 0.6 * rng.normal(size=(n, 24))
+    features[: n // 10] = features[n // 10 : 2 * (n // 10)]  # exact duplicates
+    return features.astype(np.float32)
+
+
+def disjoint_groups(n_groups: int, size: int) -> np.ndarray:
+    """Groups of identical rows, orthogonal between groups: each K-NN list is exactly its group."""
+    return np.repeat(np.eye(n_groups, n_groups + 2, dtype=np.float32), size, axis=0)
+
+
+def dense(matrix: sp.spmatrix) -> np.ndarray:
+    return matrix.toarray().astype(bool)
+
+
+# --- K-NN ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed, n, n_centres, flips, k", [(0, 60, 6, 3, 5), (1, 120, 4, 6, 10), (2, 150, 30, 1, 20)])
+def test_knn_cosine_matches_brute_force_with_exact_ties(seed, n, n_centres, flips, k):
+    features = lattice_features(np.random.default_rng(seed), n, n_centres, flips)
+    np.testing.assert_array_equal(knn_cosine(features, k), reference_knn(features, k))
+
+
+@pytest.mark.parametrize("block_elements", [1, 500, 1 << 23])
+def test_knn_cosine_is_the_same_for_any_block_size(monkeypatch, block_elements):
+    features = lattice_features(np.random.default_rng(3), 90, 5, 4)
+    monkeypatch.setattr(neighborhood, "_KNN_BLOCK_ELEMENTS", block_elements)
+    np.testing.assert_array_equal(knn_cosine(features, 7), reference_knn(features, 7))
+
+
+def test_knn_cosine_on_gaussian_features_is_a_valid_ranking(rng):
+    features = gaussian_features(rng, 200, 8)
+    knn = knn_cosine(features, 12)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = unit.astype(np.float64) @ unit.T.astype(np.float64)
+    np.testing.assert_array_equal(knn[:, 0], np.arange(200))
+    ranked = np.take_along_axis(similarity, knn[:, 1:], axis=1)
+    assert (np.diff(ranked, axis=1) <= 1e-6).all()
+    left_out = similarity.copy()
+    np.put_along_axis(left_out, knn, -np.inf, axis=1)
+    assert (left_out.max(axis=1) <= ranked[:, -1] + 1e-6).all()
+    assert knn.dtype == np.int64 and knn.shape == (200, 13)
+
+
+def test_knn_cosine_puts_self_first_among_duplicates():
+    features = np.array([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(knn_cosine(features, 2), [[0, 1, 2], [1, 0, 2], [2, 0, 1], [3, 0, 1]])
+
+
+# --- Algorithm 1 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "seed, n, n_centres, flips, k1, k2",
+    [(0, 60, 6, 3, 5, 8), (1, 100, 4, 6, 10, 15), (2, 200, 20, 2, 20, 30), (3, 80, 10, 4, 6, 3), (4, 70, 3, 1, 4, 90)],
+)
+def test_neighborhood_structure_matches_the_double_loop_reference(seed, n, n_centres, flips, k1, k2):
+    features = lattice_features(np.random.default_rng(seed), n, n_centres, flips)
+    expected = reference_expand(reference_knn(features, k1), k2)
+    np.testing.assert_array_equal(dense(neighborhood_structure(features, k1, k2)), expected)
+
+
+@pytest.mark.parametrize("k1, k2", [(3, 5), (12, 30), (25, 10)])
+def test_expand_neighborhood_matches_the_reference_on_gaussian_features(rng, k1, k2):
+    knn = knn_cosine(gaussian_features(rng, 180, 6), k1)
+    np.testing.assert_array_equal(dense(expand_neighborhood(knn, k2)), reference_expand(knn, k2))
+
+
+def test_expansion_adds_the_smallest_zero_overlap_images_when_overlaps_run_out():
+    features = disjoint_groups(n_groups=6, size=5)  # every list is its group: 5 non-zero overlaps
+    knn = knn_cosine(features, 4)
+    S = dense(expand_neighborhood(knn, 7))
+    np.testing.assert_array_equal(S, reference_expand(knn, 7))
+    # row 29 keeps its group (25-29), then images 0 and 1 of zero overlap, whose lists are 0-4
+    assert S[29, 25:].all() and S[29, :5].all() and not S[29, 5:25].any()
+
+
+@pytest.mark.parametrize("block_nonzeros", [1, 500])
+def test_expansion_is_the_same_for_any_block_size(monkeypatch, rng, block_nonzeros):
+    knn = knn_cosine(gaussian_features(rng, 120, 5), 8)
+    expected = reference_expand(knn, 12)
+    monkeypatch.setattr(neighborhood, "_OVERLAP_BLOCK_NONZEROS", block_nonzeros)
+    monkeypatch.setattr(neighborhood, "_UNION_BLOCK_ELEMENTS", block_nonzeros)
+    np.testing.assert_array_equal(dense(expand_neighborhood(knn, 12)), expected)
+
+
+def test_S_is_boolean_symmetric_csr_with_positive_diagonal(rng):
+    S = neighborhood_structure(gaussian_features(rng, 150, 5), k1=6, k2=9)
+    assert isinstance(S, sp.csr_matrix) and S.dtype == bool and S.has_sorted_indices
+    assert (S != S.T).nnz == 0
+    assert S.diagonal().all()
+    assert S.data.all()
+
+
+def test_expansion_with_k2_one_keeps_each_list_symmetrised(rng):
+    knn = knn_cosine(gaussian_features(rng, 50, 3), 4)
+    expected = np.zeros((50, 50), dtype=bool)
+    expected[np.repeat(np.arange(50), 5), knn.ravel()] = True
+    np.testing.assert_array_equal(dense(expand_neighborhood(knn, 1)), expected | expected.T)
+
+
+# --- supervised S and label statistics --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", [[2, 0, 2, 1, 0, 2], ["cat", "dog", "cat", "cat", "ship", "dog"]])
+def test_label_neighborhood_single_label(labels):
+    labels = np.asarray(labels)
+    expected = labels[:, None] == labels[None, :]
+    np.testing.assert_array_equal(dense(label_neighborhood(labels)), expected)
+
+
+def test_label_neighborhood_multi_label(rng):
+    labels = (rng.random((40, 5)) < 0.25).astype(np.int64)
+    labels[3] = 0  # an image without labels keeps only its diagonal
+    expected = np.array([[bool((labels[i] & labels[j]).any()) or i == j for j in range(40)] for i in range(40)])
+    S = label_neighborhood(labels)
+    np.testing.assert_array_equal(dense(S), expected)
+    assert S.dtype == bool and dense(S)[3].sum() == 1
+
+
+def test_positives_per_image_counts_rows_with_the_diagonal():
+    S = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=bool))
+    assert positives_per_image(S) == pytest.approx(7 / 3)
+
+
+def test_label_precision_of_knn_lists_leaves_self_out():
+    knn = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0], [3, 2, 1]])
+    labels = np.array([0, 0, 1, 1])
+    assert label_precision(knn, labels) == pytest.approx(4 / 8)  # (0,1) (1,0) (2,3) (3,2) share
+
+
+def test_label_precision_of_S_leaves_the_diagonal_out(rng):
+    S = neighborhood_structure(gaussian_features(rng, 90, 4), 5, 6)
+    labels = (rng.random((90, 4)) < 0.4).astype(int)
+    pairs = [(i, j) for i, j in zip(*S.nonzero()) if i != j]
+    expected = np.mean([(labels[i] & labels[j]).any() for i, j in pairs])
+    assert label_precision(S, labels) == pytest.approx(expected)
+
+
+def test_knn_label_precision_curve_equals_separate_runs(rng):
+    features = gaussian_features(rng, 120, 4)
+    labels = rng.integers(0, 4, 120)
+    curve = knn_label_precision_curve(features, labels, [3, 8], k2=5)
+    for position, k1 in enumerate([3, 8]):
+        S = neighborhood_structure(features, k1, 5)
+        assert curve["knn_precision"][position] == label_precision(knn_cosine(features, k1), labels)
+        assert curve["expanded_precision"][position] == label_precision(S, labels)
+        assert curve["positives_per_image"][position] == positives_per_image(S)
+
+
+# --- bad inputs -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "features, k, message",
+    [
+        (np.array([[1.0, np.nan], [0.0, 1.0], [1.0, 1.0]]), 1, "NaN"),
+        (np.eye(4), 4, "k=4 must be smaller than the number of rows"),
+        (np.eye(4), 0, "k=0"),
+        (np.ones(5), 1, "2-D"),
+        (np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]), 1, "2 all-zero row"),
+    ],
+)
+def test_knn_cosine_rejects_bad_input(features, k, message):
+    with pytest.raises(InputError, match=message):
+        knn_cosine(features, k)
+
+
+@pytest.mark.parametrize(
+    "knn, message",
+    [
+        (np.array([[1, 0], [0, 1]]), "must start with its own index"),
+        (np.array([[0, 2], [1, 0]]), r"must lie in \[0, 2\)"),
+        (np.array([[0, 0], [1, 0]]), "repeats an index"),
+        (np.array([[0.0, 1.0], [1.0, 0.0]]), "integer"),
+        (np.array([0, 1]), "2-D"),
+    ],
+)
+def test_expand_neighborhood_rejects_bad_lists(knn, message):
+    with pytest.raises(InputError, match=message):
+        expand_neighborhood(knn, 2)
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [(np.array([0, 1]), "labels has 2 rows but there are 3"), (np.array([[0, 2], [1, 0], [1, 1]]), "0/1")],
+)
+def test_label_functions_reject_bad_labels(labels, message):
+    with pytest.raises(InputError, match=message):
+        label_precision(np.array([[0, 1], [1, 0], [2, 0]]), labels)
+
+
+def test_label_neighborhood_rejects_nan_labels():
+    with pytest.raises(InputError, match="NaN"):
+        label_neighborhood(np.array([0.0, np.nan]))
+
+
+def test_positives_per_image_rejects_a_dense_matrix():
+    with pytest.raises(InputError, match="scipy.sparse"):
+        positives_per_image(np.eye(3))
