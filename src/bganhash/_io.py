@@ -17,6 +17,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -27,6 +28,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             os.unlink(tmp_name)
         raise
     _fsync_directory(target.parent)
+
+
+def _current_umask() -> int:
+    """The process umask (reading it requires setting it, so set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:
