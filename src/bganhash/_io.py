@@ -47,6 +47,11 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
+def cache_root() -> Path:
+    """bganhash's cache folder (downloads, features): $BGANHASH_CACHE, else ~/.cache/bganhash."""
+    return Path(os.environ.get("BGANHASH_CACHE") or Path.home() / ".cache" / "bganhash").expanduser()
+
+
 def write_json(path: str | os.PathLike, document: Any) -> None:
     """Write `document` as indented JSON, atomically."""
     with atomic_write(path, "w") as handle:

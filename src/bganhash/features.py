@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bganhash import __version__
-from bganhash._io import atomic_write, write_json
+from bganhash._io import atomic_write, cache_root, write_json
 from bganhash._validation import InputError, check_features, check_positive_int
 from bganhash.backbones import Backbone, create_backbone, list_backbones
 
@@ -62,8 +62,7 @@ class FeatureConfig:
 
 def feature_cache_dir() -> Path:
     """Folder of cached features: $BGANHASH_CACHE/features, else ~/.cache/bganhash/features."""
-    root = os.environ.get("BGANHASH_CACHE") or Path.home() / ".cache" / "bganhash"
-    return Path(root).expanduser() / "features"
+    return cache_root() / "features"
 
 
 def preprocessing_key(config: FeatureConfig) -> str:

@@ -26,7 +26,7 @@ _QUERY_BATCH = 64
 @click.option("--max-train", type=click.IntRange(2), default=10_000, show_default=True,
               help="Train on a random sample of at most this many images.")
 @click.option("--backbone", default=None, help="Backbone for the features (default: efficientnet_lite0).")
-@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help="Backbone input size in pixels.")
+@click.option("--image-size", type=click.IntRange(32, 1024), default=None, help="Backbone input size in pixels.")
 @click.option("--thumbnail-size", type=click.IntRange(16, 1024), default=128, show_default=True,
               help="Longest side of the stored thumbnails.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the training.")

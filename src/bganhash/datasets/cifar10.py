@@ -17,7 +17,7 @@ import numpy as np
 from numpy._core.multiarray import _reconstruct
 from tqdm.auto import tqdm
 
-from bganhash._io import atomic_write
+from bganhash._io import atomic_write, cache_root
 from bganhash._validation import InputError
 from bganhash.datasets.base import ArraySource, Dataset, DecodedOnceSource
 from bganhash.datasets.folder import list_image_files, open_source
@@ -39,11 +39,6 @@ _HOW_TO_GET = (
 )
 
 
-def cache_dir() -> Path:
-    """The download cache: $BGANHASH_CACHE, else ~/.cache/bganhash."""
-    return Path(os.environ.get("BGANHASH_CACHE") or Path.home() / ".cache" / "bganhash")
-
-
 def load_cifar10(data: str | os.PathLike | None = None, *, download: bool = False) -> Dataset:
     """CIFAR-10's 60,000 images, train then test, labels in CIFAR's order (airplane ... truck).
 
@@ -52,7 +47,7 @@ def load_cifar10(data: str | os.PathLike | None = None, *, download: bool = Fals
     if data is None:
         if not download:
             raise InputError(f"CIFAR-10 data is needed: {_HOW_TO_GET}")
-        data = download_cifar10(cache_dir() / "cifar10")
+        data = download_cifar10(cache_root() / "cifar10")
     path = Path(data)
     if path.is_dir():
         if any((path / name).is_file() for name in (*BATCH_NAMES, META_NAME)):
