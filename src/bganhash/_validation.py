@@ -23,14 +23,20 @@ def check_fitted(estimator: Any, attribute: str) -> None:
         )
 
 
-def check_features(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
-    """Return `X` as a finite float32 (n, d) array, or raise InputError naming what is wrong."""
+def as_2d_array(X: Any, name: str, shape_hint: str) -> np.ndarray:
+    """Return `X` as a 2-D numpy array, or raise InputError naming `name` and the shape it has."""
     try:
         array = np.asarray(X)
     except Exception as exc:  # ragged lists and the like
         raise InputError(f"{name} cannot be read as an array: {exc}") from exc
     if array.ndim != 2:
-        raise InputError(f"{name} must be 2-D (n_samples, n_features); got shape {array.shape}")
+        raise InputError(f"{name} must be 2-D {shape_hint}; got {array.ndim}-D shape {array.shape}")
+    return array
+
+
+def check_features(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
+    """Return `X` as a finite float32 (n, d) array, or raise InputError naming what is wrong."""
+    array = as_2d_array(X, name, "(n_samples, n_features)")
     if array.shape[0] == 0:
         raise InputError(f"{name} has no rows (shape {array.shape})")
     if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:

@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from bganhash._validation import InputError
+from bganhash._validation import InputError, as_2d_array
 
 __all__ = ["hamming_distances", "pack_codes", "to_signed", "unpack_codes"]
 
@@ -29,12 +29,7 @@ ROWS_PER_SORT = 4
 
 def to_bits(codes: Any, name: str = "codes") -> np.ndarray:
     """Return `codes` ({-1,+1}, {0,1} or bool, shape (n, n_bits)) as a bool array, True for +1/1."""
-    try:
-        array = np.asarray(codes)
-    except Exception as exc:  # ragged lists and the like
-        raise InputError(f"{name} cannot be read as an array: {exc}") from exc
-    if array.ndim != 2:
-        raise InputError(f"{name} must be 2-D (n, n_bits); got {array.ndim}-D shape {array.shape}")
+    array = as_2d_array(codes, name, "(n, n_bits)")
     if array.shape[1] == 0:
         raise InputError(f"{name} has no bits (shape {array.shape}); n_bits must be >= 1")
     if array.dtype == bool:
