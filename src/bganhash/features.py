@@ -99,7 +99,8 @@ def preprocess_images(images: Sequence[np.ndarray], image_size: int, mean: Seque
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    writable = np.require(images, requirements=["C_CONTIGUOUS", "WRITEABLE"])  # torch refuses read-only arrays
+    return torch.from_numpy(writable).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def _resize(batch: torch.Tensor, size: int, mode: str) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from bganhash.cli import research
+from bganhash.cli import search as practitioner
 from bganhash.cli._common import CleanErrors
 
 
@@ -19,5 +20,6 @@ def main() -> None:
     evaluate retrieval as the hashing literature does."""
 
 
-for _command in (research.features, research.baselines, research.train, research.encode):
+for _command in (research.features, research.baselines, research.train, research.encode,
+                 practitioner.index, practitioner.search, practitioner.serve):
     main.add_command(_command)

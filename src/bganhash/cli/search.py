@@ -40,8 +40,8 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
     from bganhash.collection import BuildConfig, build_collection
 
     config = BuildConfig(method=method, n_bits=bits, max_train=max_train, thumbnail_size=thumbnail_size, seed=seed)
-    summary = build_collection(photos, out, model=model, config=config, update=update,
-                               feature_config=feature_config(backbone, image_size))
+    features = feature_config(backbone, image_size) if backbone or image_size else None  # None: the model's own
+    summary = build_collection(photos, out, model=model, config=config, update=update, feature_config=features)
     unreadable = "".join(f"\n  unreadable: {path} ({reason})" for path, reason in summary.unreadable[:10])
     more = len(summary.unreadable) - 10
     text = (f"{out}: {summary.n_images} images ({summary.added} added, {summary.removed} removed, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from bganhash._validation import InputError
@@ -28,4 +30,14 @@ def create_hasher(name: str, n_bits: int, random_state: int | None = None, **par
         raise InputError(f"{name} does not take {sorted(params)}; its parameters are: {accepted}") from exc
 
 
-__all__ = ["BASELINES", "HASHERS", "ITQ", "LSH", "PCAH", "SH", "Hasher", "SphericalHashing", "create_hasher"]
+def load_hasher(path: str | os.PathLike) -> Hasher:
+    """A saved hasher of any kind (a baseline or BGAN) from the directory its `save` wrote; no pickles."""
+    import bganhash.bgan  # noqa: F401  (importing it registers BGANHasher with the loader)
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise InputError(f"no saved model at {directory} (a directory written by a hasher's save())")
+    return Hasher.load(directory)
+
+
+__all__ = ["BASELINES", "HASHERS", "ITQ", "LSH", "PCAH", "SH", "Hasher", "SphericalHashing", "create_hasher", "load_hasher"]

@@ -1,0 +1,55 @@
+"""`bganhash reproduce`: the paper's experiments (Tables 2-6, Figures 2, 4-6, a gallery) in one resumable run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bganhash.cli._common import data_options, emit, feature_config, parse_bits
+from bganhash.cli.research import parse_overrides
+
+
+def _parse_only(_ctx, _param, value: str | None):
+    from bganhash.reproduce import parse_only
+
+    try:
+        return parse_only(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@data_options
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Report folder; re-running with the same --out resumes [default: results/reproduce-DATASET].")
+@click.option("--only", default=None, callback=_parse_only, metavar="EXPERIMENTS",
+              help="Comma-separated subset: table2, table3, table4, table5, table6, figure2, figure5 "
+                   "(figure4, figure6 and gallery come with table3).")
+@click.option("--bits", default=None, callback=lambda c, p, v: None if v is None else parse_bits(c, p, v),
+              help="Code lengths instead of each table's own, e.g. 32 or 24,32.")
+@click.option("--quick", is_flag=True, help="Smoke run: a subset of the split, one bit length, one epoch per "
+                                            "beta stage. The report says so loudly.")
+@click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
+              help="BGAN compute budget (see `bganhash train --help`).")
+@click.option("--set", "overrides", multiple=True, callback=parse_overrides, metavar="FIELD=VALUE",
+              help="Override one BGAN configuration field for every variant (repeatable).")
+@click.option("--split", "split_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Use this saved split (split.json) instead of drawing the paper's.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def reproduce(dataset, data, features_path, backbone, image_size, seed, out, only, bits, quick, preset, overrides,
+              split_path, as_json) -> None:
+    """Run the paper's protocol and write a self-contained report (Markdown, HTML, JSON) under --out."""
+    from bganhash.reproduce import ReproduceSettings
+    from bganhash.reproduce import reproduce as run_reproduction
+
+    settings = ReproduceSettings(
+        dataset=dataset, data=None if data is None else str(Path(data).resolve()),
+        features_path=None if features_path is None else str(Path(features_path).resolve()),
+        seed=seed, preset=preset, quick=quick, overrides=overrides,
+        split_path=None if split_path is None else str(Path(split_path).resolve()),
+        feature_config=feature_config(backbone, image_size), only=only, bits=None if bits is None else tuple(bits))
+    out = out or Path("results") / f"reproduce-{dataset}"
+    summary = run_reproduction(settings, out, log=lambda message: click.echo(message, err=True))
+    emit(summary, as_json, f"{summary['cells']} cells ({summary['computed']} computed now, {summary['skipped']} "
+         f"kept) in {summary['seconds']:.0f} s. Report: {summary['files']['report.md']}")

@@ -1,0 +1,1 @@
+"""Static files of the search page the service serves at GET /."""

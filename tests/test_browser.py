@@ -1,0 +1,145 @@
+"""End to end in a real headless browser: Debian's chromium + chromium-driver, driven by Selenium.
+
+The page is served by uvicorn on a free loopback port; the test uploads an image through the page's file
+input, waits for the grid of k thumbnails, then clicks a result to search by it. Skipped, saying why, where
+chromium, chromedriver or selenium is missing (`.ci/run` installs them).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+N_IMAGES = 24
+K = 10
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs the chromium browser (apt-get install chromium)"),
+    pytest.mark.skipif(CHROMEDRIVER is None, reason="needs chromedriver (apt-get install chromium-driver)"),
+]
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+uvicorn = pytest.importorskip("uvicorn", reason="needs uvicorn (pip install uvicorn)")
+
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from bganhash.collection import BuildConfig, build_collection  # noqa: E402
+from bganhash.features import FeatureConfig  # noqa: E402
+from bganhash.service import create_app  # noqa: E402
+
+WAIT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Digits upscaled to 48x48 PNGs."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("browser") / "digits"
+    folder.mkdir()
+    for i, digit in enumerate(load_digits().images[:N_IMAGES]):
+        gray = np.rint(digit * 255 / 16).astype(np.uint8)
+        Image.fromarray(gray).convert("RGB").resize((48, 48), Image.Resampling.NEAREST).save(folder / f"{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base_url(photos) -> str:
+    out = photos.parent / "digits.index"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BGANHASH_CACHE", str(photos.parent / "cache"))
+        build_collection(photos, out, config=BuildConfig(method="lsh", n_bits=32),
+                         feature_config=FeatureConfig(image_size=32), progress=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(out), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT_S
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = Options()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="bganhash-chromium-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", f"--user-data-dir={profile}", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def result_cards(driver) -> list:
+    return driver.find_elements(By.CSS_SELECTOR, "#results .result")
+
+
+def card_texts(driver) -> list[str]:
+    """The captions of the result grid, read in one script call (the grid is replaced on every search)."""
+    return driver.execute_script("return [...document.querySelectorAll('#results .result')].map(c => c.innerText);")
+
+
+def loaded_thumbnails(driver) -> int:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#results .result img')]"
+        ".filter(img => img.complete && img.naturalWidth > 0).length;")
+
+
+def test_uploading_through_the_page_shows_k_thumbnails_and_clicking_one_searches_by_it(browser, base_url, photos):
+    browser.get(base_url + "/")
+    wait = WebDriverWait(browser, WAIT_S)
+    wait.until(lambda d: "images" in d.find_element(By.ID, "info").text)
+    assert f"{N_IMAGES} images" in browser.find_element(By.ID, "info").text
+
+    browser.find_element(By.ID, "file").send_keys(str(photos / "07.png"))
+    wait.until(lambda d: len(result_cards(d)) == K and loaded_thumbnails(d) == K)
+    cards = result_cards(browser)
+    assert "07.png" in cards[0].text and "distance 0" in cards[0].text
+    assert "results for 07.png" in browser.find_element(By.ID, "status").text
+
+    clicked_path = cards[4].find_element(By.TAG_NAME, "img").get_attribute("alt")
+    cards[4].click()
+    wait.until(lambda d: (texts := card_texts(d)) and clicked_path in texts[0] and "distance 0" in texts[0])
+    wait.until(lambda d: loaded_thumbnails(d) == K)
+    assert len(card_texts(browser)) == K
+
+
+def test_a_bad_upload_shows_the_services_error_and_the_page_keeps_working(browser, base_url, photos, tmp_path):
+    browser.get(base_url + "/")
+    wait = WebDriverWait(browser, WAIT_S)
+    fake = tmp_path / "holiday.png"
+    fake.write_text("this is not a picture")
+    browser.find_element(By.ID, "file").send_keys(str(fake))
+    wait.until(lambda d: "error 415" in d.find_element(By.ID, "status").text)
+    assert "not an image" in browser.find_element(By.ID, "status").text and not result_cards(browser)
+
+    browser.find_element(By.ID, "file").send_keys(str(photos / "03.png"))
+    wait.until(lambda d: len(card_texts(d)) == K)
+    assert "03.png" in card_texts(browser)[0]

@@ -1,0 +1,145 @@
+"""`bganhash index`, `search` and `serve` through click's runner, as a user would type them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bganhash.cli._common import CleanErrors
+from bganhash.cli.search import index, search, serve
+
+FAST = ["--method", "lsh", "--bits", "16", "--image-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def cli() -> click.Group:
+    """The real `bganhash` group when it has these commands, else one built the same way."""
+    from bganhash.cli import main
+
+    if {"index", "search", "serve"} <= set(main.commands):
+        return main
+    return CleanErrors(commands={"index": index, "search": search, "serve": serve})
+
+
+def run(cli: click.Group, *args: object) -> object:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def make_photos(folder: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (folder / "trip").mkdir(parents=True)
+    for i in range(12):
+        colour = rng.integers(0, 256, 3)
+        image = np.clip(colour + rng.normal(0, 30, (24 + i, 30, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / ("trip" if i % 3 else ".") / f"img{i:02d}.jpg", quality=90)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return folder
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    return make_photos(tmp_path / "photos")
+
+
+@pytest.fixture(scope="module")
+def shared(cli, tmp_path_factory) -> tuple[Path, Path]:
+    """(photos, index) built once for the tests that only search."""
+    base = tmp_path_factory.mktemp("cli")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BGANHASH_CACHE", str(base / "cache"))
+        photos = make_photos(base / "photos")
+        assert run(cli, "index", photos, "--out", base / "pics.index", *FAST).exit_code == 0
+    return photos, base / "pics.index"
+
+
+@pytest.fixture
+def indexed(cli, photos, tmp_path) -> Path:
+    out = tmp_path / "pics.index"
+    result = run(cli, "index", photos, "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_index_prints_a_summary_and_lists_unreadable_files(cli, photos, tmp_path):
+    out = tmp_path / "pics.index"
+    result = run(cli, "index", photos, "--out", out, *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["n_images"], summary["added"], summary["generation"]) == (12, 12, 1)
+    assert [entry["path"] for entry in summary["unreadable"]] == ["corrupt.png"]
+    text = run(cli, "index", photos, "--out", out, "--update")
+    assert text.exit_code == 0 and "12 images (0 added, 0 removed, 12 unchanged)" in text.stdout
+    assert "corrupt.png" in text.stdout
+
+
+def test_search_finds_an_indexed_image_first(cli, shared):
+    photos, indexed = shared
+    result = run(cli, "search", indexed, photos / "trip" / "img04.jpg", "-k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    matches = document["queries"][0]["results"]
+    assert len(matches) == 3 and matches[0]["path"] == "trip/img04.jpg" and matches[0]["distance"] == 0
+    text = run(cli, "search", indexed, photos / "trip" / "img04.jpg", "-k", "2").stdout.splitlines()
+    assert text[0].endswith("img04.jpg") and "trip/img04.jpg" in text[1] and len(text) == 3
+
+
+def test_a_folder_query_searches_each_image_and_skips_bad_ones(cli, shared):
+    photos, indexed = shared
+    result = run(cli, "search", indexed, photos / "trip", "-k", "1", "--json")
+    document = json.loads(result.stdout)
+    assert len(document["queries"]) == 8
+    assert all(q["results"][0]["path"] == Path(q["query"]).relative_to(photos).as_posix() for q in document["queries"])
+    mixed = run(cli, "search", indexed, photos, "-k", "1", "--json")
+    assert [Path(s["query"]).name for s in json.loads(mixed.stdout)["skipped"]] == ["corrupt.png"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"just text", "not an image"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10", "truncated"),
+])  # fmt: skip
+def test_a_bad_query_file_is_a_one_line_error_with_exit_code_2(cli, shared, tmp_path, content, message):
+    indexed = shared[1]
+    query = tmp_path / "query.png"
+    query.write_bytes(content)
+    result = run(cli, "search", indexed, query)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ") and message in result.stderr
+
+
+def test_missing_query_index_or_folder_are_exit_code_2(cli, shared, tmp_path):
+    indexed = shared[1]
+    assert run(cli, "search", indexed, tmp_path / "nope.jpg").exit_code == 2
+    assert run(cli, "search", tmp_path / "nope.index", tmp_path / "nope.jpg").exit_code == 2
+    missing = run(cli, "index", tmp_path / "no-photos", "--out", tmp_path / "x.index", *FAST)
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+
+
+def test_a_corrupted_index_is_refused_by_search_and_serve(cli, indexed, photos):
+    manifest = json.loads((indexed / "manifest.json").read_text())
+    codes = indexed / manifest["codes"]
+    codes.write_bytes(codes.read_bytes()[:-1] + b"\x00")
+    for args in (["search", indexed, photos / "trip" / "img01.jpg"], ["serve", indexed, "--port", "0"]):
+        result = run(cli, *args)
+        assert result.exit_code == 2 and "checksum" in result.stderr
+
+
+def test_indexing_over_an_existing_index_needs_update(cli, indexed, photos):
+    again = run(cli, "index", photos, "--out", indexed, *FAST)
+    assert again.exit_code == 2 and "--update" in again.stderr
+    Image.new("RGB", (20, 20), (0, 200, 0)).save(photos / "new.png")
+    (photos / "img00.jpg").unlink()
+    updated = json.loads(run(cli, "index", photos, "--out", indexed, "--update", "--json").stdout)
+    assert (updated["added"], updated["removed"], updated["n_images"]) == (1, 1, 12)
+
+
+def test_serve_binds_to_loopback_unless_told_otherwise(cli):
+    result = run(cli, "serve", "--help")
+    assert result.exit_code == 0 and "127.0.0.1" in result.stdout
+    assert serve.params[[p.name for p in serve.params].index("host")].default == "127.0.0.1"
