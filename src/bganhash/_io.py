@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from bganhash._validation import InputError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
@@ -28,6 +30,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
             os.unlink(tmp_name)
         raise
     _fsync_directory(target.parent)
+
+
+def read_versioned_json(path: Path, format_name: str, max_version: int, what: str) -> dict[str, Any]:
+    """Read a JSON document of ours, checking its `format` name and that its `format_version` is one we
+    can read; InputError names the file and the problem. `what` says what the file should be."""
+    if not path.is_file():
+        raise InputError(f"{path.parent} is not {what}: {path.name} is missing")
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as {what} (corrupted: {exc})") from exc
+    if not isinstance(document, dict) or document.get("format") != format_name:
+        raise InputError(f"{path} is not {what} (format {format_name!r} expected)")
+    version = document.get("format_version")
+    if not isinstance(version, int) or version > max_version:
+        raise InputError(f"{path} has format_version={version!r}; this bganhash reads up to {max_version}")
+    return document
 
 
 def _current_umask() -> int:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import safetensors.numpy
 
-from bganhash._io import atomic_write, write_json
+from bganhash._io import atomic_write, read_versioned_json, write_json
 from bganhash._validation import InputError, check_positive_int
 
 if TYPE_CHECKING:
@@ -350,17 +350,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST_FILE
     if not directory.is_dir():
         raise InputError(f"{directory} is not an index directory (build one with `bganhash index`)")
-    if not path.is_file():
-        raise InputError(f"{directory} is not a bganhash index: {MANIFEST_FILE} is missing")
-    try:
-        manifest = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is corrupted (not valid JSON: {exc}); rebuild the index") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise InputError(f"{path} is not a bganhash index manifest (format {FORMAT_NAME!r} expected)")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise InputError(f"{path} has format_version={version!r}; this bganhash reads up to {FORMAT_VERSION}")
+    manifest = read_versioned_json(path, FORMAT_NAME, FORMAT_VERSION, "a bganhash index (its manifest)")
     required = ("generation", "n_bits", "method", "root", "feature_config", "model", "codes", "items", "report",
                 "files", "next_id")
     missing = [key for key in required if key not in manifest]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import safetensors.numpy
 
-from bganhash._io import atomic_write, write_json
+from bganhash._io import atomic_write, read_versioned_json, write_json
 from bganhash._validation import InputError, check_features, check_fitted, check_positive_int
 
 FORMAT_NAME = "bganhash-hasher"
@@ -178,18 +177,7 @@ def _check_random_state(random_state: Any) -> None:
 
 def _read_metadata(path: Path) -> dict[str, Any]:
     """The JSON half of a saved hasher, checked for our format name and a known version."""
-    if not path.is_file():
-        raise InputError(f"no saved hasher at {path.parent}: {path.name} is missing")
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
-        raise InputError(f"{path} is not a saved bganhash hasher (format {FORMAT_NAME!r} expected)")
-    version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise InputError(f"{path} has format_version={version!r}; this bganhash reads up to {FORMAT_VERSION}")
-    return document
+    return read_versioned_json(path, FORMAT_NAME, FORMAT_VERSION, "a saved bganhash hasher")
 
 
 def _resolve_class(name: Any, directory: Path) -> type[Hasher]:
