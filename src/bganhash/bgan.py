@@ -1,0 +1,354 @@
+"""`BGANHasher`: BGAN (Song et al., 2017) behind the same estimator interface as ITQ and the baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse
+import torch
+
+from bganhash._validation import InputError, check_features, check_fitted, check_positive_int
+from bganhash.config import BGANConfig, check_image_size, make_config, override_config
+from bganhash.hashers.base import Hasher
+from bganhash.model import BGANNetworks, images_to_tensor
+from bganhash.train import Trainer, TrainingData
+
+def default_image_size(height: int, width: int, max_size: int = 64) -> int:
+    """The largest valid reconstruction side (8 * 2**k) not above the images' side nor `max_size`."""
+    side = min(height, width, max(max_size, 8))
+    if side < 8:
+        raise InputError(f"images of {height}x{width} pixels are too small: the generator makes at least 8x8")
+    return 8 * 2 ** int(np.log2(side // 8))
+
+
+def fit_input_transform(X: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The transformed training features and the centre to reuse on new features (None when uncentred)."""
+    rows = _scaled_rows(X, method)
+    if method != "sqrt_l2_center":
+        return rows, None
+    centre = rows.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return rows - centre, centre
+
+
+def apply_input_transform(X: np.ndarray, method: str, centre: np.ndarray | None) -> np.ndarray:
+    """The transform of `fit_input_transform`, centred on the training centre: row i depends on row i only."""
+    rows = _scaled_rows(X, method)
+    return rows if centre is None else rows - centre
+
+
+def _scaled_rows(X: np.ndarray, method: str) -> np.ndarray:
+    """Signed square root (for "sqrt_l2_center"), then unit rows (for "l2" and "sqrt_l2_center")."""
+    if method == "none":
+        return X
+    if method == "sqrt_l2_center":
+        X = np.sign(X) * np.sqrt(np.abs(X))
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return (X / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+
+
+class BGANHasher(Hasher):
+    """Binary codes from a BGAN: an encoder + hash layer trained with the neighbourhood, content and
+    adversarial losses against a generator and a discriminator (see DESIGN.md, "The method").
+
+    Parameters
+    ----------
+    n_bits : int
+        Code length.
+    preset : {"auto", "cpu", "paper"}
+        Starting configuration: "cpu" (hash head on frozen features, narrow generator and
+        discriminator), "paper" (the paper's networks and schedule, for a GPU), "auto" picks "paper"
+        when CUDA is available.
+    random_state : int or None
+        Seed of the initialisation and the batch order (overrides `train.seed`).
+    config : BGANConfig, dict or None
+        A full configuration instead of the preset (its n_bits is replaced by `n_bits`).
+    feature_config : FeatureConfig, dict or None
+        How features were extracted (backbone, size): `encode` uses it for images and paths.
+    **overrides
+        Any configuration field by name (`lr=1e-3`, `k1=50`, `use_adversarial=False`, ...).
+
+    Attributes
+    ----------
+    networks_ : BGANNetworks, the trained encoder, hash layer, generator and discriminator.
+    config_ : dict, the configuration actually used.
+    history_ : list of dict, per-epoch mean losses, D(real), D(fake), bit balance, seconds (and val_map).
+    input_centre_ : (n_features,) float32 or None, centre of the transformed training features.
+    image_size_ : int or None, side of the reconstructed images.
+    n_features_in_ : int.
+    """
+
+    display_name = "BGAN"
+
+    def __init__(self, n_bits: int = 32, preset: str = "auto", random_state: int | None = None,
+                 config: BGANConfig | dict | None = None, feature_config: Any = None, **overrides: Any) -> None:
+        super().__init__(n_bits, random_state)
+        self.preset = preset
+        self.config = config
+        self.feature_config = feature_config
+        self.overrides = overrides
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments as plain JSON values (configs as dicts, overrides flattened in)."""
+        config = self.config.to_dict() if isinstance(self.config, BGANConfig) else self.config
+        features = self.feature_config
+        if dataclasses.is_dataclass(features):
+            features = dataclasses.asdict(features)
+        overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in self.overrides.items()}
+        return {"n_bits": self.n_bits, "preset": self.preset, "random_state": self.random_state,
+                "config": config, "feature_config": features, **overrides}
+
+    def resolved_config(self) -> BGANConfig:
+        """The configuration `fit` will use: preset or `config`, then overrides, n_bits and the seed."""
+        check_positive_int(self.n_bits, "n_bits")
+        if self.config is None:
+            config = make_config(self.preset, self.n_bits)
+        elif isinstance(self.config, BGANConfig):
+            config = self.config
+        else:
+            config = BGANConfig.from_dict(self.config)
+        extra: dict[str, Any] = {"n_bits": self.n_bits}
+        if self.random_state is not None:
+            extra["seed"] = check_positive_int(self.random_state, "random_state", minimum=0)
+        return override_config(config, **self.overrides, **extra)
+
+    # ---- fit ---------------------------------------------------------------------------------------
+
+    def fit(self, X: Any, images: Any = None, neighborhood: Any = None, labels: Any = None,
+            validation: tuple | None = None, checkpoint_dir: str | os.PathLike | None = None,
+            resume: bool = False, progress: bool = True) -> BGANHasher:
+        """Train on features `X` (n, D); returns self.
+
+        images : (n, H, W, 3) uint8, the reconstruction targets of the content and adversarial losses
+            (and the encoder's input for encoder="vgg"/"finetune"). Required when those are on: an
+            InputError says so, rather than silently training another method.
+        neighborhood : (n, n) sparse or dense boolean positives of S; default: Algorithm 1 on X with
+            the configured K1, K2 and feature transform (or the labels when `supervised`).
+        labels : (n,) class ids for the supervised variant.
+        validation : (X_query, y_query, X_database, y_database) to log validation mAP every epoch.
+        checkpoint_dir, resume : write a checkpoint at the end of every beta stage; continue from it.
+        """
+        return self._fit(check_features(X, "X"), images=images, neighborhood=neighborhood, labels=labels,
+                         validation=validation, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+
+    def _fit(self, X: np.ndarray, images: Any = None, neighborhood: Any = None, labels: Any = None,
+             validation: tuple | None = None, checkpoint_dir: str | os.PathLike | None = None,
+             resume: bool = False, progress: bool = True) -> BGANHasher:
+        """`fit` on validated features."""
+        config = self.resolved_config()
+        n = X.shape[0]
+        if resume and checkpoint_dir is None:
+            raise InputError("resume=True needs checkpoint_dir=<the directory of an earlier run's checkpoints>")
+        if config.train.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device={config.train.device!r} but CUDA is not available; use preset='cpu' or device='cpu'")
+        if n < 2:
+            raise InputError(f"BGAN needs at least 2 training images; got {n}")
+        pixels = config.network.encoder != "head"
+        if images is None and (config.loss.needs_images or pixels):
+            raise InputError(
+                "images=None, but the content and adversarial losses (and pixel encoders) need the training "
+                "images: pass images=(n, H, W, 3) uint8, or use_content=False, use_adversarial=False"
+            )
+        image_size, targets = None, None
+        if images is not None:
+            images = check_images(images, "images", n_rows=n)
+            image_size = config.network.image_size or default_image_size(*images.shape[1:3],
+                                                                            config.network.max_image_size)
+            targets = images_to_tensor(images, check_image_size(image_size))
+        inputs, centre = fit_input_transform(X, config.neighborhood.feature_transform)
+        similarity = self._similarity(inputs, neighborhood, labels, config)
+        torch.manual_seed(config.train.seed)
+        networks = self._build_networks(config, X.shape[1], image_size or 8, pretrained=True)
+        networks.to(config.train.device)
+        data = TrainingData(targets if pixels else torch.from_numpy(inputs), targets, similarity)
+        evaluate = None if validation is None else self._validation_scorer(validation, config, centre, X.shape[1])
+        trainer = Trainer(config, networks, data, checkpoint_dir, progress, evaluate)
+        self.history_ = trainer.fit(resume=resume)
+        self.networks_ = networks
+        self.config_ = config.to_dict()
+        self.input_centre_ = centre
+        self.image_size_ = image_size
+        self.n_features_in_ = int(X.shape[1])
+        return self
+
+    def _similarity(self, inputs: np.ndarray, neighborhood: Any, labels: Any, config: BGANConfig):
+        """S's positives, as an (n, n) boolean CSR matrix."""
+        from bganhash.neighborhood import label_neighborhood, neighborhood_structure
+
+        n = inputs.shape[0]
+        if neighborhood is not None:
+            matrix = scipy.sparse.csr_matrix(neighborhood)
+            if matrix.shape != (n, n):
+                raise InputError(f"neighborhood must be ({n}, {n}) for {n} training images; got {matrix.shape}")
+            return (matrix != 0).tocsr()
+        if config.neighborhood.supervised:
+            if labels is None:
+                raise InputError("supervised=True builds S from labels: pass labels=(n,) class ids to fit")
+            return label_neighborhood(labels)
+        k1, k2 = min(config.neighborhood.k1, n - 1), min(config.neighborhood.k2, n)
+        return neighborhood_structure(inputs, k1=k1, k2=k2)
+
+    def _build_networks(self, config: BGANConfig, n_features: int, image_size: int, pretrained: bool) -> BGANNetworks:
+        backbone, input_size = None, 224
+        if config.network.encoder == "finetune":
+            from bganhash.backbones import create_backbone
+
+            backbone = create_backbone(config.network.backbone, pretrained=pretrained)
+            input_size = self._feature_config().image_size
+        return BGANNetworks(config, n_features, image_size, backbone, input_size)
+
+    def _validation_scorer(self, validation: tuple, config: BGANConfig, centre: np.ndarray | None, n_features: int):
+        """A callback giving mAP@all of the validation queries against the validation database."""
+        from bganhash.metrics import mean_average_precision
+
+        if not (isinstance(validation, (tuple, list)) and len(validation) == 4):
+            raise InputError("validation must be (X_query, y_query, X_database, y_database)")
+        x_query, y_query, x_database, y_database = validation
+        method = config.neighborhood.feature_transform
+        queries = apply_input_transform(check_features(x_query, "validation X_query", n_features), method, centre)
+        database = apply_input_transform(check_features(x_database, "validation X_database", n_features), method, centre)
+
+        def score(networks: BGANNetworks) -> float:
+            return mean_average_precision(feature_codes(networks, queries), feature_codes(networks, database),
+                                          np.asarray(y_query), np.asarray(y_database))
+
+        return score
+
+    # ---- encode ------------------------------------------------------------------------------------
+
+    def encode(self, inputs: Any, batch_size: int = 1024, progress: bool = False) -> np.ndarray:
+        """Codes as int8 (n, n_bits) in {-1, +1} (sgn(0) = +1) for features (n, D), images
+        (n, H, W, 3) uint8, a list of image paths, or a Dataset."""
+        check_fitted(self, "networks_")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        pixels = self.networks_.encodes_pixels
+        if _is_dataset(inputs) or _is_path_list(inputs):
+            dataset = inputs if _is_dataset(inputs) else _path_dataset(inputs)
+            if pixels:
+                return self._encode_images(dataset.to_array(size=self.image_size_), batch_size)
+            return self._encode_features(self._extract(dataset, progress), batch_size)
+        array = np.asarray(inputs) if not isinstance(inputs, np.ndarray) else inputs
+        if array.ndim == 4:
+            images = check_images(array, "images")
+            if pixels:
+                return self._encode_images(images, batch_size)
+            from bganhash.datasets.base import ArraySource, Dataset
+
+            dataset = Dataset("images", ArraySource(images), [f"images/{i}" for i in range(len(images))])
+            return self._encode_features(self._extract(dataset, progress), batch_size)
+        if array.ndim == 2:
+            if pixels:
+                raise InputError(f"this BGAN encodes pixels (encoder={self.config_['network']['encoder']!r}); "
+                                 "pass images, image paths or a Dataset, not features")
+            return self._encode_features(array, batch_size)
+        raise InputError(
+            "encode takes features (n, D), images (n, H, W, 3) uint8, a list of image paths or a Dataset; "
+            f"got {type(inputs).__name__} with shape {getattr(array, 'shape', None)}"
+        )
+
+    def _encode_features(self, X: Any, batch_size: int) -> np.ndarray:
+        X = check_features(X, "X", n_features=self.n_features_in_)
+        inputs = apply_input_transform(X, self.config_["neighborhood"]["feature_transform"], self.input_centre_)
+        return feature_codes(self.networks_, inputs, batch_size)
+
+    def _encode_images(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        device = next(self.networks_.parameters()).device
+        chunks = [self.networks_.codes(images_to_tensor(images[i:i + batch_size], self.image_size_).to(device))
+                  for i in range(0, len(images), batch_size)]
+        return torch.cat(chunks).cpu().numpy() if chunks else np.empty((0, self.n_bits), np.int8)
+
+    def _feature_config(self) -> Any:
+        from bganhash.features import FeatureConfig
+
+        if self.feature_config is None:
+            return FeatureConfig()
+        if isinstance(self.feature_config, FeatureConfig):
+            return self.feature_config
+        return FeatureConfig(**self.feature_config)
+
+    def _extract(self, dataset: Any, progress: bool) -> np.ndarray:
+        """Backbone features of `dataset` with the stored feature configuration (in batches)."""
+        from bganhash.backbones import create_backbone
+        from bganhash.features import compute_features
+
+        config = self._feature_config().validate()
+        if getattr(self, "_backbone", None) is None or self._backbone_name != config.backbone:
+            self._backbone, self._backbone_name = create_backbone(config.backbone), config.backbone
+        return compute_features(dataset, self._backbone, config, progress=progress)
+
+    # ---- persistence (Hasher.save / Hasher.load write these) ---------------------------------------
+
+    def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"networks_.{k}": v.detach().cpu().numpy() for k, v in self.networks_.state_dict().items()}
+        if self.input_centre_ is not None:
+            arrays["input_centre_"] = self.input_centre_
+        attributes = {"config_": self.config_, "history_": self.history_, "image_size_": self.image_size_,
+                      "n_features_in_": self.n_features_in_}
+        return arrays, attributes
+
+    def _set_state(self, arrays: dict[str, np.ndarray], attributes: dict[str, Any]) -> None:
+        self.config_ = attributes["config_"]
+        self.history_ = attributes.get("history_", [])
+        self.image_size_ = attributes.get("image_size_")
+        self.n_features_in_ = int(attributes["n_features_in_"])
+        self.input_centre_ = arrays.get("input_centre_")
+        config = BGANConfig.from_dict(self.config_)
+        networks = self._build_networks(config, self.n_features_in_, self.image_size_ or 8, pretrained=False)
+        prefix = "networks_."
+        state = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith(prefix)}
+        try:
+            networks.load_state_dict(state)
+        except RuntimeError as exc:
+            raise InputError(f"saved BGAN weights do not match its config: {exc}") from exc
+        self.networks_ = networks.eval()
+
+    def _project(self, X: np.ndarray) -> np.ndarray:
+        inputs = apply_input_transform(X, self.config_["neighborhood"]["feature_transform"], self.input_centre_)
+        with torch.no_grad():
+            return self.networks_.project(torch.from_numpy(inputs)).numpy()
+
+
+def feature_codes(networks: BGANNetworks, inputs: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """sgn codes of transformed features through the head encoder, in batches."""
+    was_training = networks.training
+    networks.eval()
+    device = next(networks.parameters()).device
+    chunks = [networks.codes(torch.from_numpy(inputs[i:i + batch_size]).to(device))
+              for i in range(0, len(inputs), batch_size)]
+    networks.train(was_training)
+    return torch.cat(chunks).cpu().numpy()
+
+
+def check_images(images: Any, name: str, n_rows: int | None = None) -> np.ndarray:
+    """A (n, H, W, 3) uint8 array, or InputError naming what is wrong."""
+    array = np.asarray(images)
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise InputError(f"{name} must be a (n, H, W, 3) uint8 array; got {array.dtype} with shape {array.shape}")
+    if n_rows is not None and array.shape[0] != n_rows:
+        raise InputError(f"{name} has {array.shape[0]} images but X has {n_rows} rows")
+    return array
+
+
+def _is_dataset(inputs: Any) -> bool:
+    from bganhash.datasets.base import Dataset
+
+    return isinstance(inputs, Dataset)
+
+
+def _is_path_list(inputs: Any) -> bool:
+    return isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(
+        isinstance(item, (str, os.PathLike)) for item in inputs)
+
+
+def _path_dataset(paths: Sequence[str | os.PathLike]):
+    """A Dataset over image files given by path (absolute, or relative to the working directory)."""
+    from bganhash.datasets.base import Dataset, FileSource
+
+    members = [str(path) for path in paths]
+    missing = [m for m in members if not Path(m).is_file()]
+    if missing:
+        raise InputError(f"no image file at {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    return Dataset("paths", FileSource(Path("."), members), members)

@@ -1,0 +1,238 @@
+"""BGAN networks (Section 3.2): encoders, the hash layer, the generator and the discriminator.
+
+Images inside the networks are float (n, 3, s, s) in [-1, 1]; the generator's tanh output lives in
+the same range. Widths are the paper's times `width_factor` (at least one channel each).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from bganhash.config import BGANConfig, check_image_size
+
+VGG_GROUPS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # Table 1: (filters, conv layers)
+BASE_SIZE = 8  # the generator's fully connected layer makes 8x8 maps (Section 3.2.3)
+
+
+def scaled(width: int, factor: float) -> int:
+    """A paper width scaled by `factor`, never below one channel."""
+    return max(1, int(round(width * factor)))
+
+
+def relax_sign(z: torch.Tensor, beta: float, activation: str) -> torch.Tensor:
+    """The smooth stand-in for sgn used in training: app(beta z) (Eq. 5), tanh(beta z) (Eq. 7), or,
+    for the two-step ablation, tanh(z) at a fixed beta = 1 (sign is applied only after training)."""
+    if activation == "app":
+        return torch.clamp(beta * z, -1.0, 1.0)
+    if activation == "tanh":
+        return torch.tanh(beta * z)
+    if activation == "two_step":
+        return torch.tanh(z)
+    raise ValueError(f"activation={activation!r} must be 'app', 'tanh' or 'two_step'")
+
+
+def sign_codes(z: torch.Tensor) -> torch.Tensor:
+    """sgn(z) as int8 {-1, +1}, with sgn(0) = +1 (the paper's definition, Section 3.2.2)."""
+    return torch.where(z >= 0, 1, -1).to(torch.int8)
+
+
+class HashLayer(nn.Module):
+    """z = W_h^T phi (Eq. 15): relaxed codes for training, exact signs for encoding."""
+
+    def __init__(self, in_features: int, n_bits: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, n_bits)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+    def forward(self, features: torch.Tensor, beta: float = 1.0, activation: str = "tanh") -> torch.Tensor:
+        return relax_sign(self.project(features), beta, activation)
+
+    @torch.no_grad()
+    def codes(self, features: torch.Tensor) -> torch.Tensor:
+        return sign_codes(self.project(features))
+
+
+def _fully_connected(in_features: int, hidden: tuple[int, ...]) -> tuple[nn.Sequential, int]:
+    """Linear + ReLU layers (the paper's FC6/FC7) and their output width."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
+        in_features = width
+    return nn.Sequential(*layers), in_features
+
+
+class HeadEncoder(nn.Module):
+    """FC layers on cached frozen backbone features: the CPU mode's encoder."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...] = (1024,)) -> None:
+        super().__init__()
+        self.layers, self.out_features = _fully_connected(in_features, tuple(hidden))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+class VGGEncoder(nn.Module):
+    """The paper's Table 1 encoder from pixels: five groups of 3x3 convolutions with ReLU, a 2x2
+    max-pool after each group while the maps are at least 2x2, then FC6/FC7."""
+
+    def __init__(self, image_size: int, hidden: tuple[int, ...] = (4096, 4096), width_factor: float = 1.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, size = 3, image_size
+        for filters, repeats in VGG_GROUPS:
+            for _ in range(repeats):
+                layers += [nn.Conv2d(channels, scaled(filters, width_factor), 3, padding=1), nn.ReLU(inplace=True)]
+                channels = scaled(filters, width_factor)
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        self.convolutions = nn.Sequential(*layers)
+        self.fully_connected, self.out_features = _fully_connected(channels * size * size, tuple(hidden))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fully_connected(self.convolutions(images).flatten(1))
+
+
+class FinetuneEncoder(nn.Module):
+    """A pretrained backbone trained end to end, then FC layers: images in [-1, 1] are mapped to the
+    backbone's input (size, mean, std) inside, so every encoder takes the same tensors."""
+
+    def __init__(self, backbone: nn.Module, input_size: int, hidden: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.input_size = input_size
+        self.register_buffer("mean", torch.tensor(backbone.input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.input_std).view(1, 3, 1, 1), persistent=False)
+        self.fully_connected, self.out_features = _fully_connected(backbone.num_features, tuple(hidden))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images + 1.0) / 2.0
+        if x.shape[-1] != self.input_size:
+            x = nn.functional.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        return self.fully_connected(self.backbone.forward_features((x - self.mean) / self.std))
+
+
+def upsampling_stages(image_size: int) -> int:
+    """Stride-2 layers needed to grow the generator's 8x8 maps to `image_size` (0 for 8x8 digits)."""
+    return int(math.log2(check_image_size(image_size) // BASE_SIZE))
+
+
+class Generator(nn.Module):
+    """b -> FC to 8x8xC -> 5x5 transposed convolutions (stride 2 while up-sampling is needed, else 1),
+    batch-norm + ELU after each -> 1x1 convolution to RGB -> tanh (Section 3.2.3)."""
+
+    def __init__(self, n_bits: int, image_size: int, width_factor: float = 1.0,
+                 widths: tuple[int, ...] = (256, 128, 32), fc_channels: int = 256) -> None:
+        super().__init__()
+        n_up = upsampling_stages(image_size)
+        widths = tuple(widths) + (widths[-1],) * max(0, n_up - len(widths))  # more layers for large images
+        self.fc_channels = scaled(fc_channels, width_factor)
+        self.fully_connected = nn.Sequential(
+            nn.Linear(n_bits, self.fc_channels * BASE_SIZE * BASE_SIZE),
+            nn.BatchNorm1d(self.fc_channels * BASE_SIZE * BASE_SIZE),
+            nn.ELU(inplace=True),
+        )
+        layers: list[nn.Module] = []
+        channels = self.fc_channels
+        for index, width in enumerate(widths):
+            out = scaled(width, width_factor)
+            if index < n_up:
+                layers.append(nn.ConvTranspose2d(channels, out, 5, stride=2, padding=2, output_padding=1))
+            else:
+                layers.append(nn.ConvTranspose2d(channels, out, 5, stride=1, padding=2))
+            layers += [nn.BatchNorm2d(out), nn.ELU(inplace=True)]
+            channels = out
+        layers += [nn.Conv2d(channels, 3, 1), nn.Tanh()]
+        self.deconvolutions = nn.Sequential(*layers)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        maps = self.fully_connected(codes).view(-1, self.fc_channels, BASE_SIZE, BASE_SIZE)
+        return self.deconvolutions(maps)
+
+
+class Discriminator(nn.Module):
+    """5x5 convolutions (stride 2 while the maps are larger than 4x4), ELU, no pooling, dense layer,
+    one logit (the sigmoid is inside the loss). `features` = phi, the last convolution's activations."""
+
+    def __init__(self, image_size: int, widths: tuple[int, ...] = (32, 128, 256, 512),
+                 width_factor: float = 1.0, dense: int = 1024) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, size = 3, check_image_size(image_size)
+        for width in widths:
+            stride = 2 if size > 4 else 1
+            out = scaled(width, width_factor)
+            layers += [nn.Conv2d(channels, out, 5, stride=stride, padding=2), nn.ELU(inplace=True)]
+            channels, size = out, size // stride
+        self.convolutions = nn.Sequential(*layers)
+        hidden = scaled(dense, width_factor)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.ELU(inplace=True), nn.Linear(hidden, 1)
+        )
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.convolutions(images)
+
+    def logits_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        phi = self.features(images)
+        return self.classifier(phi).squeeze(1), phi
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_and_features(images)[0]
+
+
+class BGANNetworks(nn.Module):
+    """All trained modules in one state dict: encoder, hash layer and, when a loss needs them, the
+    generator and the discriminator."""
+
+    def __init__(self, config: BGANConfig, n_features: int, image_size: int,
+                 backbone: nn.Module | None = None, backbone_input_size: int = 224) -> None:
+        super().__init__()
+        net, loss = config.network, config.loss
+        if net.encoder == "head":
+            self.encoder: nn.Module = HeadEncoder(n_features, net.head_hidden)
+        elif net.encoder == "vgg":
+            self.encoder = VGGEncoder(image_size, net.head_hidden, net.width_factor)
+        else:
+            if backbone is None:
+                from bganhash.backbones import create_backbone
+
+                backbone = create_backbone(net.backbone)
+            self.encoder = FinetuneEncoder(backbone, backbone_input_size, net.head_hidden)
+        self.hash_layer = HashLayer(self.encoder.out_features, config.n_bits)
+        self.generator: Generator | None = None
+        self.discriminator: Discriminator | None = None
+        if loss.needs_images:
+            self.generator = Generator(config.n_bits, image_size, net.width_factor,
+                                       net.generator_widths, net.generator_fc_channels)
+        if loss.use_adversarial or (loss.use_content and loss.perceptual_weight > 0):
+            self.discriminator = Discriminator(image_size, net.discriminator_widths,
+                                               net.width_factor, net.discriminator_dense)
+
+    @property
+    def encodes_pixels(self) -> bool:
+        return not isinstance(self.encoder, HeadEncoder)
+
+    def project(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Real-valued z for features (head) or images in [-1, 1] (vgg, finetune)."""
+        return self.hash_layer.project(self.encoder(inputs))
+
+    @torch.no_grad()
+    def codes(self, inputs: torch.Tensor) -> torch.Tensor:
+        return sign_codes(self.project(inputs))
+
+
+def images_to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (n, h, w, 3) images -> float (n, 3, size, size) in [-1, 1] (area-resized when needed)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = nn.functional.interpolate(x, size=(size, size), mode="area" if x.shape[-1] > size else "bilinear",
+                                      align_corners=None if x.shape[-1] > size else False)
+    return x

@@ -1,0 +1,240 @@
+"""BGANHasher: the estimator interface, inputs of every kind, save/load, configs and errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bganhash import InputError, NotFittedError
+from bganhash.bgan import BGANHasher, default_image_size
+from bganhash.config import BGANConfig, LossConfig, NetworkConfig, make_config
+from bganhash.hashers.base import Hasher
+from test_train import _one_thread  # noqa: F401  (autouse fixture: one thread for tiny networks)
+
+TINY = dict(batch_size=8, epochs_per_stage=1, beta_schedule=(1.0, 3.0), head_hidden=(16,), width_factor=1 / 16,
+            discriminator_dense=64, k1=3, k2=3)
+
+
+def _data(n=24, d=12, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    X = (rng.standard_normal((3, d))[labels] * 2 + rng.standard_normal((n, d))).astype(np.float32)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return X, images, labels
+
+
+def test_fit_encode_gives_signed_int8_codes():
+    X, images, _ = _data()
+    hasher = BGANHasher(12, preset="cpu", random_state=0, **TINY)
+    assert hasher.fit(X, images=images, progress=False) is hasher
+    codes = hasher.encode(X)
+    assert codes.dtype == np.int8 and codes.shape == (24, 12) and set(np.unique(codes)) <= {-1, 1}
+    assert hasher.n_features_in_ == 12 and hasher.image_size_ == 8
+    assert len(hasher.history_) == 2 and hasher.config_["n_bits"] == 12
+
+
+def test_random_state_and_overrides_reach_the_config():
+    hasher = BGANHasher(16, preset="cpu", random_state=7, lr=0.01, use_adversarial=False)
+    config = hasher.resolved_config()
+    assert (config.n_bits, config.train.seed, config.train.lr, config.loss.use_adversarial) == (16, 7, 0.01, False)
+    with pytest.raises(InputError, match="unknown BGAN setting 'learning_rate'"):
+        BGANHasher(16, learning_rate=0.1).resolved_config()
+
+
+def test_same_seed_same_codes():
+    X, images, _ = _data()
+    codes = [BGANHasher(8, preset="cpu", random_state=1, **TINY).fit(X, images=images, progress=False).encode(X)
+             for _ in range(2)]
+    assert np.array_equal(codes[0], codes[1])
+
+
+def test_save_load_identity_without_pickles(tmp_path):
+    X, images, _ = _data()
+    hasher = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(X, images=images, progress=False)
+    hasher.save(tmp_path / "model")
+    files = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert files == ["hasher.json", "hasher.safetensors"]
+    loaded = Hasher.load(tmp_path / "model")
+    assert isinstance(loaded, BGANHasher)
+    assert np.array_equal(loaded.encode(X), hasher.encode(X))
+    assert loaded.config_ == hasher.config_ and loaded.history_ == hasher.history_
+    document = json.loads((tmp_path / "model" / "hasher.json").read_text())
+    assert document["class"] == "BGANHasher" and "networks_.hash_layer.linear.weight" in document["arrays"]
+    assert BGANHasher.load(tmp_path / "model").get_params() == hasher.get_params()
+
+
+def test_neighbourhood_only_training_needs_no_images():
+    X, _, labels = _data()
+    hasher = BGANHasher(8, preset="cpu", random_state=0, use_content=False, use_adversarial=False, **TINY)
+    hasher.fit(X, progress=False)
+    assert hasher.networks_.generator is None and hasher.image_size_ is None
+
+
+def test_missing_images_is_an_input_error():
+    X, _, _ = _data()
+    with pytest.raises(InputError, match="images=None"):
+        BGANHasher(8, preset="cpu", **TINY).fit(X, progress=False)
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (np.zeros((24, 8, 8), np.uint8), "uint8"),
+        (np.zeros((24, 8, 8, 3), np.float32), "uint8"),
+        (np.zeros((23, 8, 8, 3), np.uint8), "23 images"),
+        (np.zeros((24, 4, 4, 3), np.uint8), "too small"),
+    ],
+)
+def test_bad_training_images(images, match):
+    X, _, _ = _data()
+    with pytest.raises(InputError, match=match):
+        BGANHasher(8, preset="cpu", **TINY).fit(X, images=images, progress=False)
+
+
+def test_precomputed_and_supervised_neighbourhoods():
+    X, images, labels = _data()
+    same = labels[:, None] == labels[None, :]
+    a = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(X, images=images, neighborhood=same, progress=False)
+    b = BGANHasher(8, preset="cpu", random_state=0, supervised=True, **TINY).fit(
+        X, images=images, labels=labels, progress=False)
+    assert np.array_equal(a.encode(X), b.encode(X))
+    with pytest.raises(InputError, match="labels"):
+        BGANHasher(8, preset="cpu", supervised=True, **TINY).fit(X, images=images, progress=False)
+    with pytest.raises(InputError, match=r"\(24, 24\)"):
+        BGANHasher(8, preset="cpu", **TINY).fit(X, images=images, neighborhood=same[:5, :5], progress=False)
+
+
+def test_validation_map_is_logged():
+    X, images, labels = _data()
+    hasher = BGANHasher(8, preset="cpu", random_state=0, **TINY)
+    hasher.fit(X, images=images, validation=(X[:6], labels[:6], X, labels), progress=False)
+    assert all(0 < record["val_map"] <= 1 for record in hasher.history_)
+
+
+def test_encode_errors():
+    X, images, _ = _data()
+    with pytest.raises(NotFittedError):
+        BGANHasher(8).encode(X)
+    hasher = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(X, images=images, progress=False)
+    with pytest.raises(InputError, match="fitted on 12"):
+        hasher.encode(X[:, :5])
+    with pytest.raises(InputError, match="encode takes"):
+        hasher.encode(np.zeros((2, 3, 4)))
+    with pytest.raises(InputError, match="no image file"):
+        hasher.encode(["/nonexistent/image.png"])
+    with pytest.raises(InputError, match="NaN"):
+        hasher.encode(np.full((2, 12), np.nan))
+
+
+def test_pixel_encoder_trains_from_images_and_refuses_features():
+    X, images, _ = _data(n=16)
+    hasher = BGANHasher(8, preset="cpu", random_state=0, encoder="vgg", **TINY)
+    hasher.fit(X, images=images, progress=False)
+    codes = hasher.encode(images)
+    assert codes.shape == (16, 8)
+    with pytest.raises(InputError, match="encodes pixels"):
+        hasher.encode(X)
+
+
+def test_encode_from_features_images_paths_and_dataset_agree(tmp_path):
+    from bganhash.datasets.base import ArraySource, Dataset
+    from bganhash.features import FeatureConfig, extract_features
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    images[:5, :8] = 255  # two kinds of image, so the features differ
+    dataset = Dataset("tiny", ArraySource(images), [f"tiny/{i}" for i in range(10)])
+    feature_config = FeatureConfig(image_size=32, batch_size=4)
+    X = extract_features(dataset, feature_config, cache=False, progress=False)
+    hasher = BGANHasher(16, preset="cpu", random_state=0, feature_config=feature_config, **TINY)
+    hasher.fit(X, images=images, progress=False)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    from_features = hasher.encode(X)
+    assert np.array_equal(hasher.encode(images), from_features)
+    assert np.array_equal(hasher.encode(paths), from_features)
+    assert np.array_equal(hasher.encode([str(p) for p in paths], batch_size=3), from_features)
+    assert np.array_equal(hasher.encode(dataset), from_features)
+
+
+@pytest.mark.parametrize("height, width, cap, expected",
+                         [(8, 8, 64, 8), (32, 32, 64, 32), (28, 28, 64, 16), (300, 200, 64, 64), (32, 32, 16, 16)])
+def test_default_image_size(height, width, cap, expected):
+    assert default_image_size(height, width, cap) == expected
+
+
+def test_reconstruction_size_follows_the_config():
+    X, _, _ = _data(n=12)
+    images = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    small = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(X, images=images, progress=False)
+    assert small.image_size_ == 16  # the cpu preset caps reconstructions at 16x16
+    large = BGANHasher(8, preset="cpu", random_state=0, image_size=32, **TINY).fit(X, images=images, progress=False)
+    assert large.image_size_ == 32
+
+
+def test_config_json_round_trip_and_unknown_keys():
+    config = make_config("paper", 24, k1=10, activation="app")
+    document = json.loads(json.dumps(config.to_dict()))
+    assert BGANConfig.from_dict(document) == config
+    document["loss"]["lambda"] = 1
+    with pytest.raises(InputError, match="lambda"):
+        BGANConfig.from_dict(document)
+    with pytest.raises(InputError, match="typo"):
+        BGANConfig.from_dict({"typo": 1})
+
+
+def test_presets():
+    assert make_config("auto").preset == ("paper" if torch.cuda.is_available() else "cpu")
+    paper, cpu = make_config("paper"), make_config("cpu")
+    assert (paper.network.encoder, paper.network.width_factor, paper.train.optimizer, paper.train.lr,
+            paper.train.batch_size, paper.neighborhood.k1, paper.neighborhood.k2) == ("vgg", 1.0, "sgd", 0.01, 256, 20, 30)
+    assert (cpu.network.encoder, cpu.train.device) == ("head", "cpu")
+    assert make_config("cpu", loss=LossConfig(use_adversarial=False)).loss.use_adversarial is False
+    assert make_config("cpu", network={"encoder": "vgg"}).network == NetworkConfig(encoder="vgg")
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"activation": "relu"}, "activation"),
+        ({"k1": 0}, "k1"),
+        ({"lr": -1.0}, "lr"),
+        ({"beta_schedule": ()}, "beta_schedule"),
+        ({"image_size": 24}, "image_size"),
+        ({"use_neighborhood": False, "use_content": False, "use_adversarial": False}, "at least one"),
+        ({"encoder": "resnet"}, "encoder"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+    ],
+)
+def test_invalid_settings_name_the_field(overrides, match):
+    with pytest.raises(InputError, match=match):
+        make_config("cpu", **overrides)
+    with pytest.raises(InputError):
+        make_config("gpu")
+
+
+def test_fit_with_checkpoints_and_resume(tmp_path):
+    X, images, _ = _data()
+    first = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(
+        X, images=images, checkpoint_dir=tmp_path, progress=False)
+    assert (tmp_path / "weights.safetensors").is_file() and (tmp_path / "state.json").is_file()
+    again = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(
+        X, images=images, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert np.array_equal(again.encode(X), first.encode(X)) and again.history_ == first.history_
+
+
+def test_fit_setting_errors():
+    X, images, _ = _data()
+    with pytest.raises(InputError, match="checkpoint_dir"):
+        BGANHasher(8, preset="cpu", **TINY).fit(X, images=images, resume=True, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            BGANHasher(8, preset="cpu", device="cuda", **TINY).fit(X, images=images, progress=False)
+    with pytest.raises(InputError, match="at least 2"):
+        BGANHasher(8, preset="cpu", **TINY).fit(X[:1], images=images[:1], progress=False)

@@ -1,0 +1,84 @@
+"""Each BGAN loss against values computed by hand in the test."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bganhash import losses
+
+
+def _pairwise_oracle(b: np.ndarray, s: np.ndarray, weights: np.ndarray | None = None) -> float:
+    n, L = b.shape
+    terms, wts = [], []
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                terms.append((b[i] @ b[j] / L - s[i, j]) ** 2)
+                wts.append(1.0 if weights is None else weights[i, j])
+    terms, wts = np.array(terms), np.array(wts)
+    return 0.5 * float((terms * wts).sum() / wts.sum())
+
+
+def test_neighborhood_loss_small_case_by_hand():
+    b = torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+    s = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    # pairs (0,1): (0 + 1)^2 = 1; (0,2): (1 - 1)^2 = 0; (1,2): (0 - 1)^2 = 1; each twice -> mean 2/3
+    assert losses.neighborhood_loss(b, s).item() == pytest.approx(0.5 * 2 / 3)
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_neighborhood_loss_matches_pair_loop(rng, balance):
+    b = np.tanh(rng.standard_normal((7, 5)))
+    upper = np.triu(rng.random((7, 7)) < 0.3, 1)
+    s = np.where(upper | upper.T | np.eye(7, dtype=bool), 1.0, -1.0)
+    weights = None
+    if balance:
+        off = ~np.eye(7, dtype=bool)
+        n_pos, n_neg = (s[off] > 0).sum(), (s[off] < 0).sum()
+        weights = np.where(s > 0, 1 / n_pos, 1 / n_neg)
+    got = losses.neighborhood_loss(torch.tensor(b), torch.tensor(s), balance_pairs=balance).item()
+    assert got == pytest.approx(_pairwise_oracle(b, s, weights), rel=1e-6)
+
+
+def test_balanced_loss_falls_back_when_one_kind_of_pair_is_missing():
+    b = torch.tensor([[1.0, 0.5], [0.2, -1.0]])
+    s = torch.ones(2, 2)
+    assert losses.neighborhood_loss(b, s, True).item() == pytest.approx(losses.neighborhood_loss(b, s, False).item())
+
+
+def test_neighborhood_loss_is_zero_for_perfect_codes():
+    b = torch.tensor([[1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]])
+    s = torch.tensor([[1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
+    assert losses.neighborhood_loss(b, s).item() == 0.0
+
+
+def test_content_loss_pixel_plus_perceptual():
+    real, fake = torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.5)
+    phi_real, phi_fake = torch.zeros(1, 2, 1, 1), torch.tensor([1.0, 3.0]).view(1, 2, 1, 1)
+    assert losses.content_loss(real, fake).item() == pytest.approx(0.25)
+    assert losses.content_loss(real, fake, phi_real, phi_fake).item() == pytest.approx(0.25 + 5.0)
+    assert losses.content_loss(real, fake, phi_real, phi_fake, perceptual_weight=0.5).item() == pytest.approx(0.25 + 2.5)
+
+
+def test_adversarial_terms_by_hand():
+    real_logits, fake_logits = torch.tensor([0.0, 2.0]), torch.tensor([-1.0, 1.0])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    eq14 = (math.log(sig(0)) + math.log(sig(2))) / 2 + (math.log(1 - sig(-1)) + math.log(1 - sig(1))) / 2
+    assert losses.adversarial_objective(real_logits, fake_logits).item() == pytest.approx(eq14)
+    assert losses.discriminator_loss(real_logits, fake_logits).item() == pytest.approx(-eq14)
+    assert losses.generator_adversarial_loss(fake_logits).item() == pytest.approx(-(math.log(sig(-1)) + math.log(sig(1))) / 2)
+
+
+def test_adversarial_losses_are_finite_for_extreme_logits():
+    real, fake = torch.tensor([200.0, -200.0]), torch.tensor([-200.0, 200.0])
+    assert torch.isfinite(losses.discriminator_loss(real, fake)) and torch.isfinite(losses.generator_adversarial_loss(fake))
+
+
+def test_quantization_loss_by_hand():
+    z = torch.tensor([[0.5, -2.0], [0.0, -0.25]])
+    # sgn: [1, -1], [1, -1] -> (0.25 + 1 + 1 + 0.5625) / 4
+    assert losses.quantization_loss(z).item() == pytest.approx((0.25 + 1.0 + 1.0 + 0.5625) / 4)

@@ -1,0 +1,226 @@
+"""The training loop: the three updates, ablation switches, learning, determinism, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from bganhash import InputError
+from bganhash.config import make_config
+from bganhash.model import BGANNetworks
+from bganhash.train import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    OPTIMIZER_JSON_FILE,
+    OPTIMIZER_TENSORS_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    Trainer,
+    TrainingData,
+    join_optimizer_states,
+    split_optimizer_states,
+)
+
+N, D, CLASSES = 48, 10, 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks run fastest on one thread, and the test machine is shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _tiny_problem(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(N) % CLASSES
+    centres = rng.standard_normal((CLASSES, D)) * 3
+    features = (centres[labels] + rng.standard_normal((N, D))).astype(np.float32)
+    images = torch.rand(N, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    similarity = sp.csr_matrix(labels[:, None] == labels[None, :])
+    return TrainingData(torch.from_numpy(features), images, similarity), labels
+
+
+def _config(**overrides):
+    settings = dict(batch_size=16, epochs_per_stage=2, beta_schedule=(1.0, 2.0), head_hidden=(16,),
+                    width_factor=1 / 16, discriminator_dense=64)
+    settings.update(overrides)
+    return make_config("cpu", 8, **settings)
+
+
+def _trainer(config, data, **kwargs):
+    torch.manual_seed(config.train.seed)
+    return Trainer(config, BGANNetworks(config, D, 8), data, progress=False, **kwargs)
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before, module):
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_one_step_updates_all_three_networks():
+    data, _ = _tiny_problem()
+    trainer = _trainer(_config(), data)
+    nets = trainer.networks
+    before = {name: _params(getattr(nets, name)) for name in ("encoder", "hash_layer", "generator", "discriminator")}
+    stats = trainer.train_step(np.arange(16), 1.0)
+    assert all(_changed(before[name], getattr(nets, name)) for name in before)
+    assert {"loss_n", "loss_c", "loss_a", "loss_g", "d_real", "d_fake", "bit_balance"} <= set(stats)
+
+
+def test_without_adversarial_loss_the_discriminator_is_not_updated():
+    data, _ = _tiny_problem()
+    trainer = _trainer(_config(use_adversarial=False), data)
+    before = _params(trainer.networks.discriminator)
+    stats = trainer.train_step(np.arange(16), 1.0)
+    assert not _changed(before, trainer.networks.discriminator)
+    assert "discriminator" not in trainer.optimizers and "d_real" not in stats and stats["loss_g"] == 0.0
+
+
+def test_without_reconstruction_losses_there_is_no_generator():
+    data, _ = _tiny_problem()
+    trainer = _trainer(_config(use_content=False, use_adversarial=False), data)
+    assert set(trainer.optimizers) == {"encoder"}
+    stats = trainer.train_step(np.arange(16), 1.0)
+    assert stats["loss_c"] == 0.0 and stats["loss_n"] > 0
+
+
+def test_adversarial_loss_does_not_reach_the_encoder():
+    """Eq. 18: the encoder descends l_N + l_C only; with both off it must stay put while G moves."""
+    data, _ = _tiny_problem()
+    trainer = _trainer(_config(use_neighborhood=False, use_content=False, quantization_weight=0.0), data)
+    encoder_before = _params(trainer.networks.encoder) + _params(trainer.networks.hash_layer)
+    generator_before = _params(trainer.networks.generator)
+    trainer.train_step(np.arange(16), 1.0)
+    after = list(trainer.networks.encoder.parameters()) + list(trainer.networks.hash_layer.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, after))
+    assert _changed(generator_before, trainer.networks.generator)
+
+
+def test_content_loss_reaches_the_encoder():
+    data, _ = _tiny_problem()
+    trainer = _trainer(_config(use_neighborhood=False, use_adversarial=False, quantization_weight=0.0), data)
+    before = _params(trainer.networks.hash_layer)
+    trainer.train_step(np.arange(16), 1.0)
+    assert _changed(before, trainer.networks.hash_layer)
+
+
+def test_training_reduces_neighborhood_loss_and_codes_respect_s():
+    data, labels = _tiny_problem()
+    trainer = _trainer(_config(epochs_per_stage=15, lr=3e-3), data)
+    history = trainer.fit()
+    assert len(history) == 30 and history[-1]["loss_n"] < 0.7 * history[0]["loss_n"]
+    codes = trainer.networks.codes(data.inputs).numpy().astype(int)
+    hamming = (codes[:, None, :] != codes[None, :, :]).sum(-1)
+    same = labels[:, None] == labels[None, :]
+    off = ~np.eye(N, dtype=bool)
+    # trained codes: neighbours in S are much closer in Hamming distance than non-neighbours
+    assert hamming[same & off].mean() + 2 < hamming[~same].mean()
+    random_codes = np.sign(np.random.default_rng(0).standard_normal(codes.shape))
+    random_hamming = (random_codes[:, None, :] != random_codes[None, :, :]).sum(-1)
+    assert hamming[~same].mean() - hamming[same & off].mean() > \
+        random_hamming[~same].mean() - random_hamming[same & off].mean() + 2
+
+
+def test_history_records_losses_and_discriminator_outputs():
+    data, _ = _tiny_problem()
+    history = _trainer(_config(epochs_per_stage=1), data, evaluate=lambda nets: 0.25).fit()
+    assert [(r["stage"], r["beta"], r["epoch"]) for r in history] == [(0, 1.0, 0), (1, 2.0, 0)]
+    for record in history:
+        assert 0 <= record["d_real"] <= 1 and 0 <= record["d_fake"] <= 1 and 0 <= record["bit_balance"] <= 1
+        assert record["val_map"] == 0.25 and record["seconds"] > 0
+
+
+def test_same_seed_same_codes_other_seed_other_codes():
+    data, _ = _tiny_problem()
+    runs = []
+    for seed in (3, 3, 4):
+        trainer = _trainer(_config(seed=seed, epochs_per_stage=1), data)
+        trainer.fit()
+        runs.append(trainer.networks.codes(data.inputs))
+    assert torch.equal(runs[0], runs[1])
+    z = [_trainer(_config(seed=s), data).networks.project(data.inputs) for s in (3, 4)]
+    assert not torch.equal(z[0], z[1])
+
+
+def test_checkpoint_files_and_contents(tmp_path):
+    data, _ = _tiny_problem()
+    trainer = _trainer(_config(epochs_per_stage=1), data, checkpoint_dir=tmp_path)
+    trainer.fit()
+    for name in (WEIGHTS_FILE, OPTIMIZER_TENSORS_FILE, OPTIMIZER_JSON_FILE, CONFIG_FILE, STATE_FILE, HISTORY_FILE):
+        assert (tmp_path / name).is_file()
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert json.loads((tmp_path / STATE_FILE).read_text()) == {"stage": 1, "epoch": 1, "next_stage": 2}
+    assert json.loads((tmp_path / CONFIG_FILE).read_text()) == trainer.config.to_dict()
+    assert len(json.loads((tmp_path / HISTORY_FILE).read_text())) == 2
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_first_stage_gives_identical_codes(tmp_path):
+    data, _ = _tiny_problem()
+    config = _config(epochs_per_stage=2, beta_schedule=(1.0, 2.0, 5.0))
+    uninterrupted = _trainer(config, data)
+    uninterrupted.fit()
+
+    def stop_in_second_stage(nets):
+        if len(interrupted.history) >= config.train.epochs_per_stage:
+            raise _Interrupt
+        return 0.0
+
+    interrupted = _trainer(config, data, checkpoint_dir=tmp_path, evaluate=stop_in_second_stage)
+    with pytest.raises(_Interrupt):
+        interrupted.fit()
+    assert json.loads((tmp_path / STATE_FILE).read_text())["next_stage"] == 1
+
+    torch.manual_seed(123)  # a different initialisation: everything must come from the checkpoint
+    resumed = Trainer(config, BGANNetworks(config, D, 8), data, checkpoint_dir=tmp_path, progress=False)
+    history = resumed.fit(resume=True)
+    assert len(history) == 6
+    assert torch.equal(resumed.networks.codes(data.inputs), uninterrupted.networks.codes(data.inputs))
+    for key, value in uninterrupted.networks.state_dict().items():
+        assert torch.equal(value, resumed.networks.state_dict()[key]), key
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    data, _ = _tiny_problem()
+    _trainer(_config(epochs_per_stage=1), data, checkpoint_dir=tmp_path).fit()
+    other = _trainer(_config(epochs_per_stage=1, lr=0.5), data, checkpoint_dir=tmp_path)
+    with pytest.raises(InputError, match="train.lr"):
+        other.fit(resume=True)
+
+
+def test_optimizer_state_split_round_trip():
+    layer = torch.nn.Linear(3, 2)
+    for optimizer in (torch.optim.Adam(layer.parameters(), lr=0.1), torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)):
+        layer(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+        tensors, document = split_optimizer_states({"enc": optimizer.state_dict()})
+        json.dumps(document)
+        restored = join_optimizer_states(tensors, json.loads(json.dumps(document)))["enc"]
+        original = optimizer.state_dict()
+        assert restored["state"].keys() == original["state"].keys()
+        for pid, state in original["state"].items():
+            for key, value in state.items():
+                assert torch.equal(torch.as_tensor(restored["state"][pid][key]), torch.as_tensor(value))
+
+
+def test_training_uses_the_configured_threads_and_restores_them():
+    data, _ = _tiny_problem()
+    seen = []
+    trainer = _trainer(_config(epochs_per_stage=1, num_threads=1), data,
+                       evaluate=lambda nets: seen.append(torch.get_num_threads()) or 0.0)
+    torch.set_num_threads(2)
+    trainer.fit()
+    assert seen == [1, 1] and torch.get_num_threads() == 2
