@@ -34,3 +34,14 @@ def rng() -> np.random.Generator:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep feature caches written by tests out of the user's home cache."""
     monkeypatch.setenv("BGANHASH_CACHE", str(tmp_path_factory.mktemp("bganhash-cache")))
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny networks train fastest on one thread, and the test machine is shared."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -13,7 +13,8 @@ from bganhash import InputError, NotFittedError
 from bganhash.bgan import BGANHasher, default_image_size
 from bganhash.config import BGANConfig, LossConfig, NetworkConfig, make_config
 from bganhash.hashers.base import Hasher
-from test_train import _one_thread  # noqa: F401  (autouse fixture: one thread for tiny networks)
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 TINY = dict(batch_size=8, epochs_per_stage=1, beta_schedule=(1.0, 3.0), head_hidden=(16,), width_factor=1 / 16,
             discriminator_dense=64, k1=3, k2=3)

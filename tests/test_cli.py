@@ -109,3 +109,49 @@ def test_baselines_with_no_arguments_runs_on_digits_with_the_backbone(tmp_path, 
     assert document["dataset"] == "digits"
     assert document["map"]["itq"]["32"] > document["map"]["lsh"]["12"] * 0.5
     assert (tmp_path / "results" / "baselines-digits" / "table3.json").is_file()
+
+
+@pytest.mark.slow
+def test_train_scores_bgan_next_to_baselines_and_resumes(digits_features, tmp_path):
+    out = tmp_path / "run"
+    args = ("train", "--features", str(digits_features), "--bits", "16", "--out", str(out), "--json",
+            "--set", "epochs_per_stage=2")
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert set(document["map"]) == {"bgan", "lsh", "itq"}
+    assert document["map"]["bgan"]["16"] > document["map"]["lsh"]["16"]
+    model = document["models"]["16"]
+    assert (out / "16bit" / "checkpoints").is_dir()
+    resumed = json.loads(run(*args, "--resume").stdout)
+    assert resumed["map"]["bgan"] == document["map"]["bgan"]
+
+    codes_path = tmp_path / "codes.npy"
+    encoded = run("encode", model, str(digits_features), "--out", str(codes_path), "--json")
+    assert encoded.exit_code == 0, encoded.output
+    codes = np.load(codes_path)
+    assert codes.shape == (1797, 16) and set(np.unique(codes)) <= {-1, 1}
+    packed = run("encode", model, str(digits_features), "--out", str(tmp_path / "p.npy"), "--packed")
+    assert packed.exit_code == 0 and np.load(tmp_path / "p.npy").shape == (1797, 2)
+
+
+def test_train_rejects_a_malformed_override(digits_features):
+    result = run("train", "--features", str(digits_features), "--set", "no-equals-sign")
+    assert result.exit_code == 2
+    assert "field=value" in result.output
+
+
+def test_train_rejects_an_unknown_config_field(digits_features, tmp_path):
+    result = run("train", "--features", str(digits_features), "--bits", "8", "--out", str(tmp_path),
+                 "--set", "no_such_field=3")
+    assert result.exit_code == 2
+    assert "no_such_field" in result.output
+
+
+def test_encode_refuses_features_of_the_wrong_width(digits_features, tmp_path):
+    from bganhash.hashers import ITQ
+
+    model = ITQ(8, random_state=0).fit(np.random.default_rng(0).normal(size=(100, 10))).save(tmp_path / "itq")
+    result = run("encode", str(model), str(digits_features), "--out", str(tmp_path / "c.npy"))
+    assert result.exit_code == 2
+    assert "64 features" in result.output

@@ -18,11 +18,19 @@ HASHERS: dict[str, type[Hasher]] = {"lsh": LSH, "pcah": PCAH, "itq": ITQ, "sh": 
 BASELINES: tuple[str, ...] = ("lsh", "pcah", "itq", "sh", "sph")
 
 
+def hasher_classes() -> dict[str, type[Hasher]]:
+    """Every hasher by registry name: the baselines and "bgan" (imported here, not at module load,
+    because the BGAN module itself builds on `bganhash.hashers.base`)."""
+    from bganhash.bgan import BGANHasher
+
+    return {**HASHERS, "bgan": BGANHasher}
+
+
 def create_hasher(name: str, n_bits: int, random_state: int | None = None, **params: Any) -> Hasher:
     """Build the hasher registered as `name` (see `HASHERS`) with its hyper-parameters."""
-    if name not in HASHERS:
-        raise InputError(f"unknown hasher {name!r}; choose one of: {', '.join(HASHERS)}")
-    hasher_class = HASHERS[name]
+    hasher_class = hasher_classes().get(name)
+    if hasher_class is None:
+        raise InputError(f"unknown hasher {name!r}; choose one of: {', '.join(hasher_classes())}")
     try:
         return hasher_class(n_bits, random_state=random_state, **params)
     except TypeError as exc:
@@ -40,4 +48,4 @@ def load_hasher(path: str | os.PathLike) -> Hasher:
     return Hasher.load(directory)
 
 
-__all__ = ["BASELINES", "HASHERS", "ITQ", "LSH", "PCAH", "SH", "Hasher", "SphericalHashing", "create_hasher", "load_hasher"]
+__all__ = ["BASELINES", "HASHERS", "ITQ", "LSH", "PCAH", "SH", "Hasher", "SphericalHashing", "create_hasher", "hasher_classes", "load_hasher"]
