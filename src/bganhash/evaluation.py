@@ -73,8 +73,12 @@ def prepare_protocol(
     seed: int = 0,
     on_error: str = "skip",
     progress: bool = True,
+    split=None,
 ) -> ProtocolData:
-    """Load a labelled dataset, draw its protocol split and get its features (cached or from a .npy)."""
+    """Load a labelled dataset, draw its protocol split and get its features (cached or from a .npy).
+
+    `split` (a saved `Split`) replaces the drawn one, e.g. for a dataset too small for the paper's.
+    """
     from bganhash.datasets import load_dataset
     from bganhash.datasets.splits import protocol_split
     from bganhash.features import FeatureConfig, extract_features, load_features
@@ -85,7 +89,10 @@ def prepare_protocol(
             f"dataset {dataset_name!r} at {data} has no labels (no class sub-folders), so retrieval "
             "cannot be evaluated; use `bganhash index` to search it instead"
         )
-    split = protocol_split(dataset, seed=seed)
+    if split is None:
+        split = protocol_split(dataset, seed=seed)
+    else:
+        split.check(dataset)
     if features_path is not None:
         features = load_features(features_path, n_expected=len(dataset))
         source = f"precomputed features from {features_path}"
@@ -114,14 +121,19 @@ def score_hasher(hasher, data: ProtocolData) -> float:
 
 
 def fit_bgan(hasher, data: ProtocolData, *, checkpoint_dir: str | Path | None = None, resume: bool = False,
-             progress: bool = True):
+             progress: bool = True, validation: tuple | None = None, image_size: int | None = None):
     """Train a BGANHasher on the split's training images: their features, pixels and labels (the
-    labels are used only by the supervised variant). Returns the fitted hasher."""
+    labels are used only by the supervised variant). Returns the fitted hasher.
+
+    validation: (X_query, y_query, X_database, y_database) for a per-epoch validation mAP;
+    image_size: resize the pixels to image_size squares (for datasets of mixed image sizes).
+    """
     train = data.split.train
     return hasher.fit(
         data.features[train],
-        images=data.dataset.to_array(train),
+        images=data.dataset.to_array(train, size=image_size),
         labels=data.labels[train],
+        validation=validation,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         progress=progress,
@@ -185,9 +197,11 @@ def table_markdown(table: ResultTable, display_names: dict[str, str] | None = No
         f"{table.metadata.get('seed')}: {table.metadata.get('n_query')} queries, "
         f"{table.metadata.get('n_train')} training images, {table.metadata.get('n_database')} database images). "
         f"Ranking: {RANKING_RULE}.",
-        f"Our features: {table.metadata.get('features')}. The paper's rows used its own features "
-        "(`+VGG`: VGG-fc7; others hand-crafted) and, for CIFAR-10, the official pickles.",
+        f"Our features: {table.metadata.get('features')}.",
     ]
+    if _paper_rows(table.dataset):
+        notes.append("The paper's rows used its own features (`+VGG`: VGG-fc7; others hand-crafted) and, "
+                     "for CIFAR-10, the official pickles.")
     if "cifar10" in table.dataset and str(table.metadata.get("data", "")).endswith(".zip"):
         notes.append("Data: CIFAR-10 (JPEG copy), whose pixels differ slightly from the official pickles.")
     return "\n".join(lines + notes) + "\n"
@@ -211,9 +225,9 @@ def _paper_value(values: tuple, n_bits: int) -> float | None:
 
 
 def _display_names() -> dict[str, str]:
-    from bganhash.hashers import HASHERS
+    from bganhash.hashers import hasher_classes
 
-    return {name: getattr(cls, "display_name", name) for name, cls in HASHERS.items()}
+    return {name: getattr(cls, "display_name", name) for name, cls in hasher_classes().items()}
 
 
 def _fmt(value: float | None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from bganhash.cli import reproduce as reproduce_cli
 from bganhash.cli import research
 from bganhash.cli import search as practitioner
 from bganhash.cli._common import CleanErrors
@@ -21,5 +22,5 @@ def main() -> None:
 
 
 for _command in (research.features, research.baselines, research.train, research.encode,
-                 practitioner.index, practitioner.search, practitioner.serve):
+                 reproduce_cli.reproduce, practitioner.index, practitioner.search, practitioner.serve):
     main.add_command(_command)

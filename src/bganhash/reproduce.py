@@ -1,0 +1,920 @@
+"""`bganhash reproduce`: the paper's Section 4 as a plan of cells, run with resume, assembled into a report.
+
+A cell is one (experiment, method or variant, bit length) unit of work; its result is a small JSON
+file under `<out>/cells/<id>.json`, written atomically as soon as it completes. A re-run skips the
+cells that exist, and the report (report.md, report.html, results.json) is assembled from the cell
+files only, so every number of ours in it was produced by a run, and every published one comes from
+`bganhash.paper`. BGAN cells are keyed by their resolved configuration, so a variant shared by two
+tables (the full model is Table 2's N+C+A, Table 3's BGAN and Table 4's app) is trained once.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bganhash import paper
+from bganhash._io import write_json
+from bganhash._validation import InputError
+from bganhash.hashers import BASELINES
+
+EXPERIMENTS = ("table2", "table3", "table4", "table5", "table6", "figure2", "figure5")
+# Figures 4 and 6 and the gallery are drawn from Table 3's cells.
+ALIASES = {"figure4": "table3", "figure6": "table3", "gallery": "table3"}
+BASELINE_METHODS = BASELINES  # Table 3's baselines, in the registry's order
+FULL_MODEL: dict[str, Any] = {"use_neighborhood": True, "use_content": True, "use_adversarial": True}
+TABLE2_VARIANTS: dict[str, dict[str, Any]] = {
+    "N": {"use_neighborhood": True, "use_content": False, "use_adversarial": False},
+    "N+C": {"use_neighborhood": True, "use_content": True, "use_adversarial": False},
+    "N+A": {"use_neighborhood": True, "use_content": False, "use_adversarial": True},
+    "N+C+A": FULL_MODEL,
+    "C": {"use_neighborhood": False, "use_content": True, "use_adversarial": False},
+    "A": {"use_neighborhood": False, "use_content": False, "use_adversarial": True},
+    "C+A": {"use_neighborhood": False, "use_content": True, "use_adversarial": True},
+}
+TABLE4_VARIANTS: dict[str, dict[str, Any]] = {
+    "two_step": {"activation": "two_step"}, "tanh": {"activation": "tanh"}, "app": {"activation": "app"},
+}
+SUPERVISED: dict[str, Any] = {"supervised": True}
+FIGURE_BITS = 32  # Figures 5 and 6 and the gallery use this bit length when it is run
+K_GRID = (1, 5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)  # Figure 4's precision@K
+FIGURE2_K1 = (5, 10, 20, 30, 50, 100)
+GALLERY_QUERIES = 12
+GALLERY_TOP = 10
+N_RECONSTRUCTIONS = 8
+MIXED_SIZE_SIDE = 64  # pixels of datasets whose images differ in size are resized to this square
+TIMING_IMAGES = 64  # images pushed through the backbone to time per-image feature extraction
+RUN_FILE = "run.json"
+REQUESTS_FILE = "requested.json"  # experiments and bit lengths asked for by every run into the folder
+
+
+@dataclass(frozen=True)
+class QuickSettings:
+    """What `--quick` narrows: a random subset of the split, one bit length, one epoch per beta stage."""
+
+    n_query: int = 200
+    n_train: int = 2000
+    n_database: int = 5000
+    bits: tuple[int, ...] = (FIGURE_BITS,)
+    overrides: dict[str, Any] = field(default_factory=lambda: {"epochs_per_stage": 1})
+
+
+@dataclass
+class ReproduceSettings:
+    """Everything that defines a reproduction run (the first six fields are its identity, see `identity`)."""
+
+    dataset: str
+    data: str | None = None
+    features_path: str | None = None
+    seed: int = 0
+    preset: str = "auto"
+    quick: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    split_path: str | None = None
+    feature_config: Any = None
+    only: tuple[str, ...] | None = None
+    bits: tuple[int, ...] | None = None
+    quick_settings: QuickSettings = field(default_factory=QuickSettings)
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change between a run and its resumption (narrowing options may)."""
+        from dataclasses import asdict, is_dataclass
+
+        features = self.feature_config
+        return {"dataset": self.dataset, "data": self.data, "features": self.features_path, "seed": self.seed,
+                "preset": self.preset, "quick": self.quick, "overrides": self.overrides, "split": self.split_path,
+                "feature_config": asdict(features) if is_dataclass(features) else features}
+
+    def bgan_overrides(self, variant: dict[str, Any]) -> dict[str, Any]:
+        """Quick settings, then the user's overrides, then the variant's own fields."""
+        return {**(self.quick_settings.overrides if self.quick else {}), **self.overrides, **variant}
+
+
+@dataclass
+class Cell:
+    """One unit of work; `roles` are the (experiment, row, bits) table places its result fills."""
+
+    id: str
+    kind: str  # "baseline" | "bgan" | "convergence" | "figure2" | "timing"
+    label: str
+    params: dict[str, Any]
+    roles: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+# ---- the plan ----------------------------------------------------------------------------------------
+
+
+def parse_only(values: str | None) -> tuple[str, ...] | None:
+    """"table3,figure2" -> ("table3", "figure2"); figure4/figure6/gallery mean table3."""
+    if values is None:
+        return None
+    names = [v.strip().lower() for v in values.split(",") if v.strip()]
+    unknown = [n for n in names if n not in EXPERIMENTS and n not in ALIASES]
+    if unknown or not names:
+        choices = ", ".join((*EXPERIMENTS, *ALIASES))
+        raise InputError(f"--only {values!r}: unknown experiment(s) {unknown}; choose from {choices}")
+    return tuple(dict.fromkeys(ALIASES.get(n, n) for n in names))
+
+
+def experiment_bits(settings: ReproduceSettings, experiment: str) -> tuple[int, ...]:
+    """The bit lengths an experiment runs at: --bits, else the quick bit length, else the paper's."""
+    if settings.bits:
+        return tuple(settings.bits)
+    if settings.quick:
+        return settings.quick_settings.bits
+    return paper.TABLE2_BITS if experiment in ("table2", "table4") else paper.PAPER_BITS
+
+
+def build_plan(settings: ReproduceSettings) -> list[Cell]:
+    """The cells of the requested experiments, shared cells merged (their roles joined), in run order."""
+    experiments = settings.only or EXPERIMENTS
+    return _merge(_experiment_cells(settings, e, experiment_bits(settings, e)) for e in experiments)
+
+
+def report_plan(settings: ReproduceSettings, requested: dict[str, list[int]]) -> list[Cell]:
+    """Every cell any run into this folder asked for: `requested` maps experiment -> bit lengths."""
+    groups = []
+    for experiment, bits in requested.items():
+        # one convergence run per bit length asked for (a run picks one of its bit lengths)
+        lists = [(b,) for b in bits] if experiment == "figure5" else [tuple(bits)]
+        groups += [_experiment_cells(settings, experiment, chosen) for chosen in lists]
+    return _merge(groups)
+
+
+def _merge(groups) -> list[Cell]:
+    cells: dict[str, Cell] = {}
+    for group in groups:
+        for cell in group:
+            if cell.id in cells:
+                cells[cell.id].roles.extend(cell.roles)
+            else:
+                cells[cell.id] = cell
+    return list(cells.values())
+
+
+def record_request(out: Path, settings: ReproduceSettings, plan: list[Cell]) -> dict[str, list[int]]:
+    """Add this run's experiments and bit lengths to `out`'s record of them; return the union."""
+    path = out / REQUESTS_FILE
+    requested = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for cell in plan:
+        for experiment, _, bits in cell.roles:  # bits 0: a cell with no bit length (timing, Figure 2)
+            requested[experiment] = sorted(set(requested.get(experiment, [])) | ({bits} if bits else set()))
+    write_json(path, requested)
+    return requested
+
+
+def _experiment_cells(settings: ReproduceSettings, experiment: str, bits: tuple[int, ...]) -> list[Cell]:
+    if experiment == "table2":
+        return [_bgan_cell(settings, experiment, row, b, v) for row, v in TABLE2_VARIANTS.items() for b in bits]
+    if experiment == "table3":
+        return [_bgan_cell(settings, experiment, "bgan", b, FULL_MODEL) for b in bits] + [
+            Cell(f"{method}-{b}b", "baseline", f"table3 {method} {b} bits", {"method": method, "bits": b},
+                 [(experiment, method, b)]) for method in BASELINE_METHODS for b in bits]
+    if experiment == "table4":
+        return [_bgan_cell(settings, experiment, row, b, v) for row, v in TABLE4_VARIANTS.items() for b in bits]
+    if experiment == "table5":
+        return [_bgan_cell(settings, experiment, "BGAN_s", b, SUPERVISED) for b in bits]
+    if experiment == "table6":
+        return [_bgan_cell(settings, experiment, "bgan", b, FULL_MODEL) for b in bits] + [
+            Cell("timing", "timing", "table6 backbone timing", {}, [(experiment, "backbone", 0)])]
+    if experiment == "figure2":
+        return [Cell("figure2", "figure2", "figure2 neighbourhood precision", {}, [(experiment, "curve", 0)])]
+    figure_bits = FIGURE_BITS if FIGURE_BITS in bits else bits[0]
+    cell = _bgan_cell(settings, experiment, "convergence", figure_bits, FULL_MODEL)
+    return [replace(cell, id="convergence-" + cell.id, kind="convergence")]
+
+
+def _bgan_cell(settings: ReproduceSettings, experiment: str, row: str, n_bits: int, variant: dict) -> Cell:
+    """A BGAN training cell, identified by the digest of its resolved configuration."""
+    overrides = settings.bgan_overrides(variant)
+    config = _bgan_hasher(settings, n_bits, overrides).resolved_config().to_dict()
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    return Cell(f"bgan-{n_bits}b-{digest}", "bgan", f"{experiment} {row} {n_bits} bits",
+                {"bits": n_bits, "overrides": overrides, "config": config}, [(experiment, row, n_bits)])
+
+
+def _bgan_hasher(settings: ReproduceSettings, n_bits: int, overrides: dict[str, Any]):
+    from bganhash.bgan import BGANHasher
+
+    return BGANHasher(n_bits, preset=settings.preset, random_state=settings.seed,
+                      feature_config=settings.feature_config, **overrides)
+
+
+# ---- running -----------------------------------------------------------------------------------------
+
+
+def reproduce(settings: ReproduceSettings, out: str | Path, log: Callable[[str], None] | None = None) -> dict:
+    """Run the plan's missing cells under `out`, then (re)write the report; returns a summary."""
+    out = Path(out)
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    data = load_protocol_data(settings)  # first: a bad --data must not leave an identity behind
+    check_run_identity(out, settings)
+    plan = build_plan(settings)
+    requested = record_request(out, settings, plan)
+    runner = CellRunner(settings, data, out, log)
+    computed = runner.run(plan)
+    files = write_report(out, settings, data, requested)
+    return {"out": str(out), "cells": len(plan), "computed": computed, "skipped": len(plan) - computed,
+            "seconds": round(runner.elapsed(), 1), "files": {k: str(v) for k, v in files.items()}}
+
+
+def check_run_identity(out: Path, settings: ReproduceSettings) -> None:
+    """Record the run's identity in `out`, or refuse to resume a different run there."""
+    path = out / RUN_FILE
+    identity = json.loads(json.dumps(settings.identity(), default=str))
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved != identity:
+            changed = sorted(k for k in identity if saved.get(k) != identity[k])
+            raise InputError(f"{out} holds a reproduction with other settings ({', '.join(changed)} differ); "
+                             "use another --out, or the same settings to resume it")
+        return
+    write_json(path, identity)
+
+
+def load_protocol_data(settings: ReproduceSettings):
+    """Dataset, features and split; under --quick a seeded random subset of each part of the split."""
+    from bganhash.datasets.splits import Split
+    from bganhash.evaluation import prepare_protocol
+
+    split = Split.load(settings.split_path) if settings.split_path else None
+    data = prepare_protocol(settings.dataset, settings.data, features_path=settings.features_path,
+                            feature_config=settings.feature_config, seed=settings.seed, split=split)
+    if not settings.quick:
+        return data
+    quick, rng = settings.quick_settings, np.random.default_rng(settings.seed)
+
+    def pick(indices: np.ndarray, count: int) -> np.ndarray:
+        return np.sort(rng.choice(indices, count, replace=False)) if len(indices) > count else indices
+
+    s = data.split
+    subset = Split(pick(s.query, quick.n_query), pick(s.train, quick.n_train), pick(s.database, quick.n_database),
+                   s.dataset, s.seed, f"{s.protocol}/quick", s.n_images)
+    return replace(data, split=subset)
+
+
+class CellRunner:
+    """Runs cells in order, skipping those already on disk, with a progress line per cell."""
+
+    def __init__(self, settings: ReproduceSettings, data, out: Path, log: Callable[[str], None]) -> None:
+        self.settings, self.data, self.out, self.log = settings, data, out, log
+        self.started = time.perf_counter()
+        self.seconds_by_kind: dict[str, list[float]] = {}
+        self.gallery = gallery_positions(len(data.split.query), settings.seed)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def run(self, plan: list[Cell]) -> int:
+        """Compute every missing cell of `plan`; returns how many were computed."""
+        computed = 0
+        pending = [cell for cell in plan if not cell_path(self.out, cell.id).is_file()]
+        for position, cell in enumerate(plan, start=1):
+            prefix = f"[cell {position}/{len(plan)}] {cell.label}"
+            if cell not in pending:
+                self.log(f"{prefix}: done earlier, kept")
+                continue
+            remaining = pending[pending.index(cell):]
+            self.log(f"{prefix} … elapsed {_clock(self.elapsed())}, estimate {self._estimate(remaining)} left")
+            started = time.perf_counter()
+            result = compute_cell(cell, self.settings, self.data, self.gallery, self.out)
+            seconds = time.perf_counter() - started
+            self.seconds_by_kind.setdefault(cell.kind, []).append(seconds)
+            write_json(cell_path(self.out, cell.id), {"id": cell.id, "kind": cell.kind, "label": cell.label,
+                                                     "params": cell.params, "seconds": seconds, **result})
+            computed += 1
+        self.log(f"all {len(plan)} cells done in {_clock(self.elapsed())} ({computed} computed now)")
+        return computed
+
+    def _estimate(self, remaining: list[Cell]) -> str:
+        """Remaining time from the mean duration of each kind of cell so far ("?" before any is timed)."""
+        done = [s for values in self.seconds_by_kind.values() for s in values]
+        if not done:
+            return "?"
+        overall = float(np.mean(done))
+        total = sum(float(np.mean(self.seconds_by_kind.get(cell.kind, [overall]))) for cell in remaining)
+        return _clock(total)
+
+
+def cell_path(out: Path, cell_id: str) -> Path:
+    return out / "cells" / f"{cell_id}.json"
+
+
+def gallery_positions(n_query: int, seed: int) -> np.ndarray:
+    """Positions (in the split's query list) of the gallery's queries: a seeded dozen."""
+    count = min(GALLERY_QUERIES, n_query)
+    return np.sort(np.random.default_rng(seed).choice(n_query, count, replace=False))
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# ---- computing one cell ------------------------------------------------------------------------------
+
+
+def compute_cell(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndarray, out: Path) -> dict[str, Any]:
+    """The result document of one cell (its numbers only; the runner adds id, params and seconds)."""
+    if cell.kind == "baseline":
+        return _baseline_cell(cell.params, settings, data, gallery)
+    if cell.kind == "bgan":
+        return _bgan_result(cell, settings, data, gallery, out)
+    if cell.kind == "convergence":
+        return _convergence_cell(cell.params, settings, data)
+    if cell.kind == "figure2":
+        return _figure2_cell(settings, data)
+    return _timing_cell(settings, data)
+
+
+def _baseline_cell(params: dict, settings: ReproduceSettings, data, gallery: np.ndarray) -> dict[str, Any]:
+    from bganhash.hashers import create_hasher
+
+    hasher = create_hasher(params["method"], params["bits"], random_state=settings.seed)
+    started = time.perf_counter()
+    hasher.fit(data.part("train")[0])
+    fit_seconds = time.perf_counter() - started
+    measures = _codes_and_measures(lambda idx: hasher.encode(data.features[idx]), data, gallery)
+    return {"fit_seconds": fit_seconds, **measures}
+
+
+def _bgan_result(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndarray, out: Path) -> dict[str, Any]:
+    """Train one BGAN variant (resumable at beta-stage granularity), then measure its codes."""
+    from bganhash.evaluation import fit_bgan
+
+    params = cell.params
+    hasher = _bgan_hasher(settings, params["bits"], params["overrides"])
+    checkpoints = out / "checkpoints" / cell.id
+    started = time.perf_counter()
+    fit_bgan(hasher, data, checkpoint_dir=checkpoints, resume=True, progress=True, image_size=_image_side(data))
+    fit_seconds = time.perf_counter() - started
+    measures = _codes_and_measures(lambda idx: encode_rows(hasher, data, idx), data, gallery)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        checkpoints.parent.rmdir()  # only when no other cell's checkpoints remain
+    return {"fit_seconds": fit_seconds, "config": hasher.config_, "history": hasher.history_, **measures,
+            "reconstructions": reconstructions(hasher, data, settings.seed)}
+
+
+def _image_side(data) -> int | None:
+    """None where the dataset's images share one size (CIFAR-10, digits), else MIXED_SIZE_SIDE."""
+    return None if data.dataset.name in ("cifar10", "digits") else MIXED_SIZE_SIDE
+
+
+def encode_rows(hasher, data, indices: np.ndarray) -> np.ndarray:
+    """Codes of dataset rows: from features for a head encoder, from pixels for a pixel encoder."""
+    if hasher.networks_.encodes_pixels:
+        return hasher.encode(data.dataset.to_array(indices, size=hasher.image_size_))
+    return hasher.encode(data.features[indices])
+
+
+def _codes_and_measures(encode: Callable[[np.ndarray], np.ndarray], data, gallery: np.ndarray) -> dict[str, Any]:
+    """Encode queries and database, then mAP@all, distinct codes, curves and the gallery's top lists."""
+    from bganhash.metrics import hamming_ranking, mean_average_precision, precision_at_k_curve, precision_recall_curve
+
+    split = data.split
+    query_codes = encode(split.query)
+    started = time.perf_counter()
+    database_codes = encode(split.database)
+    encode_seconds = time.perf_counter() - started
+    query_labels, database_labels = data.labels[split.query], data.labels[split.database]
+    ks = [k for k in K_GRID if k <= len(split.database)]
+    precision, recall = precision_recall_curve(query_codes, database_codes, query_labels, database_labels)
+    _, top = hamming_ranking(query_codes[gallery], database_codes, top_k=min(GALLERY_TOP, len(split.database)))
+    return {
+        "map": mean_average_precision(query_codes, database_codes, query_labels, database_labels),
+        "distinct_codes": int(np.unique(database_codes, axis=0).shape[0]),
+        "n_database": int(len(split.database)),
+        "encode_ms_per_image": 1000.0 * encode_seconds / max(1, len(split.database)),
+        "curves": {"ks": ks, "precision_at_k": precision_at_k_curve(query_codes, database_codes, query_labels,
+                                                                    database_labels, ks).tolist(),
+                   "precision": precision.tolist(), "recall": recall.tolist()},
+        "gallery": {"queries": split.query[gallery].tolist(), "top": split.database[top].tolist()},
+    }
+
+
+def reconstructions(hasher, data, seed: int) -> dict[str, Any] | None:
+    """Figure 6's rows: query images, their reconstructions from their binary codes, and images
+    generated from random codes (None when the variant has no generator)."""
+    import torch
+
+    generator = hasher.networks_.generator
+    if generator is None:
+        return None
+    indices = data.split.query[gallery_positions(len(data.split.query), seed)[:N_RECONSTRUCTIONS]]
+    random_codes = np.random.default_rng(seed).choice([-1, 1], size=(len(indices), hasher.n_bits))
+    device = next(generator.parameters()).device
+    generator.eval()
+    with torch.no_grad():
+        rows = {name: generator(torch.as_tensor(codes, dtype=torch.float32, device=device))
+                for name, codes in (("reconstructed", encode_rows(hasher, data, indices)), ("random", random_codes))}
+    images = {name: (x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+              for name, x in rows.items()}
+    images["inputs"] = data.dataset.to_array(indices, size=hasher.image_size_)
+    return {name: encode_array(array) for name, array in images.items()}
+
+
+def encode_array(array: np.ndarray) -> dict[str, Any]:
+    """A uint8 array as JSON: its shape and its bytes in base64."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return {"shape": list(array.shape), "uint8_base64": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def decode_array(document: dict[str, Any]) -> np.ndarray:
+    raw = base64.b64decode(document["uint8_base64"])
+    return np.frombuffer(raw, dtype=np.uint8).reshape(document["shape"])
+
+
+def _convergence_cell(params: dict, settings: ReproduceSettings, data) -> dict[str, Any]:
+    """Figure 5: train the full model on the training images less a validation set carved from them,
+    logging the losses and the validation mAP every epoch (the test queries are never seen)."""
+    from bganhash.datasets.splits import validation_split
+    from bganhash.evaluation import fit_bgan
+
+    validation = replace(data, split=validation_split(data.split, seed=settings.seed))
+    hasher = _bgan_hasher(settings, params["bits"], params["overrides"])
+    # BGANHasher scores validation codes from features, so pixel encoders log losses only
+    on_features = params["config"]["network"]["encoder"] == "head"
+    fit_bgan(hasher, validation, progress=True, image_size=_image_side(data),
+             validation=(*validation.part("query"), *validation.part("database")) if on_features else None)
+    return {"history": hasher.history_, "n_validation_queries": int(len(validation.split.query)),
+            "n_validation_database": int(len(validation.split.database))}
+
+
+def _figure2_cell(settings: ReproduceSettings, data) -> dict[str, Any]:
+    """Figure 2 on the training images' features, transformed as BGAN's K-NN sees them."""
+    from bganhash.bgan import fit_input_transform
+    from bganhash.neighborhood import knn_label_precision_curve
+
+    config = _bgan_hasher(settings, FIGURE_BITS, settings.bgan_overrides(FULL_MODEL)).resolved_config()
+    features, labels = data.part("train")
+    inputs, _ = fit_input_transform(features, config.neighborhood.feature_transform)
+    k1_values = [k for k in FIGURE2_K1 if k < len(labels)]
+    curve = knn_label_precision_curve(inputs, labels, k1_values, k2=min(config.neighborhood.k2, len(labels)))
+    return {"curve": curve, "feature_transform": config.neighborhood.feature_transform}
+
+
+def _timing_cell(settings: ReproduceSettings, data) -> dict[str, Any]:
+    """Per-image backbone time on the query images (features are part of encoding a new image)."""
+    if settings.features_path is not None:
+        return {"backbone_ms_per_image": None, "note": "precomputed features: no backbone was run"}
+    from bganhash.backbones import create_backbone
+    from bganhash.features import FeatureConfig, compute_features
+
+    config = settings.feature_config or FeatureConfig()
+    subset = data.dataset.subset(data.split.query[:TIMING_IMAGES])
+    backbone = create_backbone(config.backbone)
+    compute_features(subset.subset(np.arange(min(4, len(subset)))), backbone, config, progress=False)  # warm-up
+    started = time.perf_counter()
+    compute_features(subset, backbone, config, progress=False)
+    seconds = time.perf_counter() - started
+    return {"backbone_ms_per_image": 1000.0 * seconds / len(subset), "n_images": len(subset),
+            "backbone": config.backbone, "image_size": config.image_size}
+
+
+# ---- the report --------------------------------------------------------------------------------------
+
+
+def write_report(out: Path, settings: ReproduceSettings, data, requested: dict[str, list[int]]) -> dict[str, Path]:
+    """Assemble report.md, report.html, results.json, split.json, config.json and versions.json (and
+    the figures) from the cell files under `out` of the `requested` experiments."""
+    return assemble_report(out, settings, data, load_cells(out, report_plan(settings, requested)))
+
+
+def load_cells(out: Path, plan: list[Cell]) -> dict[str, tuple[Cell, dict]]:
+    """The completed cells of `plan` (those with a result file), by id."""
+    found = {}
+    for cell in plan:
+        path = cell_path(out, cell.id)
+        if path.is_file():
+            found[cell.id] = (cell, json.loads(path.read_text(encoding="utf-8")))
+    return found
+
+
+def machine_description() -> str:
+    """CPU model, cores and torch threads (and the GPU when CUDA is available)."""
+    import os
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = f"{model}, {cores} CPU cores, torch {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+# ---- report assembly ---------------------------------------------------------------------------------
+
+TABLE2_ROWS = ("N", "N+C", "N+A", "N+C+A", "C", "A", "C+A")
+LOSS_NAMES = {"N": "ℓN", "C": "ℓC", "A": "ℓA"}
+GALLERY_SIDE = 32
+
+
+class Document:
+    """Report blocks rendered to Markdown and to self-contained HTML (figures as base64 PNG)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[str, Any]] = []
+
+    def heading(self, level: int, text: str) -> None:
+        self.blocks.append(("heading", (level, text)))
+
+    def paragraph(self, text: str) -> None:
+        self.blocks.append(("paragraph", text))
+
+    def warning(self, text: str) -> None:
+        self.blocks.append(("warning", text))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", (header, rows)))
+
+    def image(self, name: str, caption: str) -> None:
+        self.blocks.append(("image", (name, caption)))
+
+    def markdown(self) -> str:
+        parts = []
+        for kind, value in self.blocks:
+            if kind == "heading":
+                parts.append("#" * value[0] + " " + value[1])
+            elif kind == "paragraph":
+                parts.append(value)
+            elif kind == "warning":
+                parts.append(f"> **{value}**")
+            elif kind == "table":
+                header, rows = value
+                lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                parts.append("\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]))
+            else:
+                parts.append(f"![{value[1]}]({value[0]})\n\n*{value[1]}*")
+        return "\n\n".join(parts) + "\n"
+
+    def html(self, folder: Path, title: str) -> str:
+        import html
+
+        body = []
+        for kind, value in self.blocks:
+            if kind == "heading":
+                body.append(f"<h{value[0]}>{_inline(value[1])}</h{value[0]}>")
+            elif kind == "paragraph":
+                body.append(f"<p>{_inline(value)}</p>")
+            elif kind == "warning":
+                body.append(f'<p class="warning"><strong>{_inline(value)}</strong></p>')
+            elif kind == "table":
+                header, rows = value
+                head = "".join(f"<th>{_inline(h)}</th>" for h in header)
+                cells = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+            else:
+                data = base64.b64encode((folder / value[0]).read_bytes()).decode("ascii")
+                body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(value[1])}">'
+                            f"<figcaption>{_inline(value[1])}</figcaption></figure>")
+        style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.2em .5em;"
+                 "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+                 ".warning{background:#fee;border:2px solid #c00;padding:.5em}")
+        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+                f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    """Escape HTML, then render the Markdown **bold** and `code` spans the report uses."""
+    import html
+    import re
+
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _by_role(cells: dict[str, tuple[Cell, dict]]) -> dict[tuple[str, str, int], dict]:
+    """Cell results indexed by (experiment, row, bits)."""
+    return {role: result for cell, result in cells.values() for role in cell.roles}
+
+
+def _bits_done(results: dict, experiment: str) -> list[int]:
+    return sorted({bits for (name, _, bits) in results if name == experiment})
+
+
+def assemble_report(out: Path, settings: ReproduceSettings, data,
+                    cells: dict[str, tuple[Cell, dict]]) -> dict[str, Path]:
+    """Write every report file under `out` from the completed `cells`; returns their paths."""
+    results = _by_role(cells)
+    info = run_information(settings, data, cells)
+    doc, tables = Document(), {}
+    doc.heading(1, f"BGAN reproduction on {info['dataset_label']}")
+    if settings.quick:
+        doc.warning("QUICK RUN (--quick): a smoke test on a subset of the split with shortened training. "
+                    "These numbers are NOT a reproduction of the paper.")
+    _run_section(doc, info)
+    for experiment, section in (("table2", _table2), ("table3", _table3), ("table4", _table4),
+                                ("table5", _table5), ("table6", _table6)):
+        if _bits_done(results, experiment):
+            tables[experiment] = section(doc, results, settings.dataset, info)
+    figures = _figures(doc, out, results, data)
+    names = ("report.md", "report.html", "results.json", "split.json", "config.json", "versions.json")
+    files = {name: out / name for name in names}
+    from bganhash._io import write_text
+
+    write_text(files["report.md"], doc.markdown())
+    write_text(files["report.html"], doc.html(out, f"BGAN reproduction on {info['dataset_label']}"))
+    write_json(files["results.json"], {"run": info, "tables": tables,
+                                       "cells": {cid: result for cid, (_, result) in cells.items()}})
+    data.split.save(files["split.json"])
+    write_json(files["config.json"], {"settings": settings.identity(), "bgan": {
+        cid: result["config"] for cid, (cell, result) in cells.items() if "config" in result}})
+    write_json(files["versions.json"], software_versions())
+    return {**files, **{f"figures/{p.name}": p for p in figures}}
+
+
+def run_information(settings: ReproduceSettings, data, cells: dict[str, tuple[Cell, dict]]) -> dict[str, Any]:
+    """What every table's notes say: data copy, features, split, preset, ranking rule, machine."""
+    from bganhash.evaluation import RANKING_RULE
+
+    presets = sorted({result["config"]["preset"] for _, result in cells.values() if "config" in result})
+    jpeg_copy = settings.dataset == "cifar10" and str(settings.data or "").endswith(".zip")
+    return {
+        "dataset": settings.dataset,
+        "dataset_label": "CIFAR-10 (JPEG copy)" if jpeg_copy else settings.dataset,
+        "data": settings.data, "features": data.feature_source, "seed": settings.seed, "quick": settings.quick,
+        "split": {"protocol": data.split.protocol, **data.split.sizes()},
+        "presets": presets, "ranking": RANKING_RULE, "machine": machine_description(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _run_section(doc: Document, info: dict[str, Any]) -> None:
+    split = info["split"]
+    doc.paragraph(
+        f"Split: {split['protocol']} (seed {info['seed']}): {split['query']} queries, {split['train']} training "
+        f"images, {split['database']} database images. Metric: mAP@all. Ranking: {info['ranking']}. "
+        f"Features: {info['features']}. BGAN preset: {', '.join(info['presets']) or '–'}. "
+        f"Machine: {info['machine']}. Date: {info['date']}.")
+    doc.paragraph(
+        "**What differs from the paper.** " + _data_difference(info) + " The paper's BGAN trains a VGG-style "
+        "encoder from pixels on a GPU; ours names its preset above (`cpu`: a hash head on frozen, cached "
+        "ImageNet-pretrained features with a narrow generator and discriminator). Every number marked "
+        "\"ours\" was produced by this run (see results.json); every \"paper\" number is copied from the paper.")
+
+
+def _data_difference(info: dict[str, Any]) -> str:
+    if info["dataset"] == "cifar10":
+        jpeg = "a JPEG copy of CIFAR-10, whose pixels differ slightly from" if "JPEG" in info["dataset_label"] \
+            else "CIFAR-10 read from"
+        return f"Data: {jpeg} the official pickles the paper used."
+    if info["dataset"] in paper.TABLE3:
+        return f"Data: the user's copy of {info['dataset']}."
+    return f"The paper reports no results on {info['dataset']}: only our numbers are shown."
+
+
+def _paper_note(dataset: str) -> str:
+    if dataset == "cifar10":
+        return ""
+    return " The paper reports this table on CIFAR-10 only, so no paper numbers are shown."
+
+
+def _pair_header(first: str, bits: list[int]) -> list[str]:
+    return [first] + [f"{b} bits ({who})" for b in bits for who in ("ours", "paper")]
+
+
+def _table2(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    bits = _bits_done(results, "table2")
+    doc.heading(2, "Table 2: loss components (mAP@all)")
+    rows, numbers = [], {}
+    for row in TABLE2_ROWS:
+        cells, numbers[row] = [" + ".join(LOSS_NAMES[part] for part in row.split("+"))], {}
+        for b in bits:
+            result = results.get(("table2", row, b))
+            published = paper.paper_row({dataset: paper.TABLE2}, dataset, row, b, paper.TABLE2_BITS) \
+                if dataset == "cifar10" else None
+            cells += [_table2_ours(row, result), _table2_paper(row, published, dataset)]
+            numbers[row][str(b)] = None if result is None else {
+                "map": result["map"], "distinct_codes": result["distinct_codes"], "n_database": result["n_database"],
+                "paper": published}
+        rows.append(cells)
+    doc.table(_pair_header("Losses", bits), rows)
+    doc.paragraph("Rows without ℓN have no term tying codes to image similarity: the paper reports them as "
+                  "collapsed (\"–\"); we train them and show the measured collapse, the number of distinct codes "
+                  "among the database codes." + _paper_note(dataset))
+    return {"bits": bits, "rows": numbers}
+
+
+def _table2_ours(row: str, result: dict | None) -> str:
+    if result is None:
+        return "not run"
+    if "N" in row.split("+"):
+        return _fmt(result["map"])
+    return f"{_fmt(result['map'])}; {result['distinct_codes']} of {result['n_database']} distinct codes"
+
+
+def _table2_paper(row: str, published: float | None, dataset: str) -> str:
+    if dataset == "cifar10" and "N" not in row.split("+"):
+        return "– (codes collapse)"
+    return _fmt(published)
+
+
+def _table3(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    from bganhash.hashers import HASHERS
+
+    bits = _bits_done(results, "table3")
+    doc.heading(2, f"Table 3: unsupervised methods on {info['dataset_label']} (mAP@all)")
+    header = ["Method"] + [f"{b} bits" for b in bits]
+    rows, numbers, published = [], {}, paper.TABLE3.get(dataset, {})
+    for method in ("bgan", *BASELINE_METHODS):
+        name = "BGAN" if method == "bgan" else HASHERS[method].display_name
+        ours = [results.get(("table3", method, b)) for b in bits]
+        numbers[method] = {str(b): (r["map"] if r else None) for b, r in zip(bits, ours)}
+        rows.append([f"{name} (ours)"] + [_fmt(r["map"]) if r else "not run" for r in ours])
+        counterpart = paper.TABLE3_COUNTERPART.get(method)
+        if counterpart in published:
+            rows.append([f"{counterpart} (paper)"] + [_fmt(paper.paper_row(paper.TABLE3, dataset, counterpart, b))
+                                                      for b in bits])
+    shown = set(paper.TABLE3_COUNTERPART.values())
+    for row in published:
+        if row not in shown:
+            rows.append([f"{row} (paper)"] + [_fmt(paper.paper_row(paper.TABLE3, dataset, row, b)) for b in bits])
+    doc.table(header, rows)
+    doc.paragraph("Our baselines run on the same features as our BGAN; each is followed by the paper's row "
+                  "for the same method on VGG-fc7 features (\"+VGG\"); the paper's other rows used hand-crafted "
+                  "features or their own deep networks. PCAH has no row in the paper.")
+    return {"bits": bits, "ours": numbers, "paper": {row: list(values) for row, values in published.items()}}
+
+
+def _table4(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    bits = _bits_done(results, "table4")
+    doc.heading(2, "Table 4: sign approximation (mAP@all)")
+    names = {"two_step": "two-step", "tanh": "tanh(βz)", "app": "app(βz)"}
+    rows, numbers = [], {}
+    for row in TABLE4_VARIANTS:
+        cells, numbers[row] = [names[row]], {}
+        for b in bits:
+            result = results.get(("table4", row, b))
+            published = paper.paper_row({dataset: paper.TABLE4}, dataset, row, b, paper.TABLE4_BITS) \
+                if dataset == "cifar10" else None
+            cells += [_fmt(result["map"]) if result else "not run", _fmt(published)]
+            numbers[row][str(b)] = {"map": result["map"] if result else None, "paper": published}
+        rows.append(cells)
+    doc.table(_pair_header("Activation", bits), rows)
+    doc.paragraph("two-step: trained with a fixed smooth activation, sign applied only afterwards; app and tanh: "
+                  "β raised stage by stage (continuation)." + _paper_note(dataset))
+    return {"bits": bits, "rows": numbers}
+
+
+def _table5(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    bits = _bits_done(results, "table5")
+    doc.heading(2, "Table 5: supervised variant, S from labels (mAP@all)")
+    ours = {str(b): (r["map"] if (r := results.get(("table5", "BGAN_s", b))) else None) for b in bits}
+    rows = [["BGAN_s (ours)"] + [_fmt(ours[str(b)]) if ours[str(b)] is not None else "not run" for b in bits]]
+    published = paper.TABLE5 if dataset == "cifar10" else {}
+    for row in published:
+        rows.append([f"{row} (paper)"] + [_fmt(paper.paper_row({dataset: published}, dataset, row, b)) for b in bits])
+    doc.table(["Method"] + [f"{b} bits" for b in bits], rows)
+    doc.paragraph("BGAN_s: S_ij = +1 when images i and j share a label (training labels only)." + _paper_note(dataset))
+    return {"bits": bits, "ours": ours, "paper": {row: list(values) for row, values in published.items()}}
+
+
+def _table6(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    bits = _bits_done(results, "table6")
+    bits = [b for b in bits if b]
+    doc.heading(2, "Table 6: training and per-image encoding time")
+    timing = results.get(("table6", "backbone", 0)) or {}
+    backbone_ms = timing.get("backbone_ms_per_image")
+    rows, numbers = [], {}
+    for b in bits:
+        result = results.get(("table6", "bgan", b))
+        if result is None:
+            continue
+        on_features = result["config"]["network"]["encoder"] == "head"  # else the encoder read the pixels
+        total = result["encode_ms_per_image"] + ((backbone_ms or 0.0) if on_features else 0.0)
+        if not on_features:
+            split = "encoder from pixels"
+        elif backbone_ms is None:
+            split = f"hash {result['encode_ms_per_image']:.4f}; features precomputed"
+        else:
+            split = f"backbone {backbone_ms:.2f} + hash {result['encode_ms_per_image']:.4f}"
+        rows.append([f"BGAN (ours, {b} bits)", f"{result['fit_seconds'] / 60:.1f} min", f"{total:.2f} ms ({split})"])
+        numbers[str(b)] = {"training_seconds": result["fit_seconds"],
+                           "encode_ms_per_image": result["encode_ms_per_image"],
+                           "backbone_ms_per_image": backbone_ms}
+    for method, times in paper.TABLE6.items():
+        rows.append([f"{method} (paper, GPU)", times["training"], times["testing"]])
+    doc.table(["Method", "Training time", "Testing time per image"], rows)
+    doc.paragraph(f"Ours measured on {info['machine']}, one training run of the full model each. Per-image "
+                  "time = backbone feature extraction (timed on query images) + hash encoding of the database "
+                  "(batched). The paper's times are for its GPU on CIFAR-10.")
+    return {"bits": bits, "ours": numbers, "paper": paper.TABLE6, "machine": info["machine"]}
+
+
+# ---- figures -------------------------------------------------------------------------------------------
+
+
+def _figures(doc: Document, out: Path, results: dict, data) -> list[Path]:
+    from bganhash import figures
+
+    folder, made = out / "figures", []
+    doc.heading(2, "Figures")
+    figure2 = results.get(("figure2", "curve", 0))
+    if figure2:
+        made.append(figures.plot_label_precision(figure2["curve"], folder / "figure2.png"))
+        doc.image("figures/figure2.png", "Figure 2: label precision of the K1-NN lists and of Algorithm 1's "
+                  f"expansion on the training images (features: {figure2['feature_transform']}).")
+    for b in _bits_done(results, "table3"):
+        curves = {_method_name(m): results[("table3", m, b)]["curves"] for m in ("bgan", *BASELINE_METHODS)
+                  if ("table3", m, b) in results}
+        made.append(figures.plot_retrieval_curves(curves, folder / f"figure4-{b}bits.png", f"{b} bits"))
+        doc.image(f"figures/figure4-{b}bits.png", f"Figure 4 ({b} bits): precision@K up to K = 1,000 and "
+                  "precision-recall over Hamming radii, every method.")
+    for b in _bits_done(results, "figure5"):
+        history = results[("figure5", "convergence", b)]["history"]
+        made.append(figures.plot_convergence(history, folder / f"figure5-{b}bits.png", f"{b} bits"))
+        doc.image(f"figures/figure5-{b}bits.png", f"Figure 5 ({b} bits): mean losses and validation mAP per "
+                  "epoch (validation queries carved from the training images), β stages marked.")
+    made += _figure6_and_gallery(doc, folder, results, data)
+    return made
+
+
+def _method_name(method: str) -> str:
+    from bganhash.hashers import HASHERS
+
+    return "BGAN" if method == "bgan" else HASHERS[method].display_name
+
+
+def _figure_bits(results: dict) -> int | None:
+    done = [b for b in _bits_done(results, "table3") if ("table3", "bgan", b) in results]
+    return None if not done else (FIGURE_BITS if FIGURE_BITS in done else max(done))
+
+
+def _figure6_and_gallery(doc: Document, folder: Path, results: dict, data) -> list[Path]:
+    from bganhash import figures
+
+    bits, made = _figure_bits(results), []
+    if bits is None:
+        return made
+    bgan = results[("table3", "bgan", bits)]
+    if bgan.get("reconstructions"):
+        images = {k: decode_array(v) for k, v in bgan["reconstructions"].items()}
+        rows = [("random codes", images["random"]), ("reconstructed", images["reconstructed"]),
+                ("input", images["inputs"])]
+        made.append(figures.plot_image_rows(rows, folder / "figure6.png", f"{bits} bits"))
+        doc.image("figures/figure6.png", f"Figure 6 ({bits} bits): images generated from random codes (top), "
+                  "reconstructions of query images from their binary codes (middle), the inputs (bottom).")
+    itq = results.get(("table3", "itq", bits))
+    if itq is not None:
+        queries = np.asarray(bgan["gallery"]["queries"])
+        panels = {name: _gallery_panel(result["gallery"]["top"], queries, data)
+                  for name, result in (("BGAN", bgan), ("ITQ", itq))}
+        made.append(figures.plot_gallery(data.dataset.to_array(queries, size=GALLERY_SIDE), panels,
+                                         folder / "gallery.png", f"{bits} bits"))
+        doc.image("figures/gallery.png", f"Retrieval gallery ({bits} bits): each query, then its top "
+                  f"{GALLERY_TOP} database images for BGAN and for ITQ; green: shares a label with the query, "
+                  "red: not.")
+    return made
+
+
+def _gallery_panel(top: list[list[int]], queries: np.ndarray, data) -> tuple[np.ndarray, np.ndarray]:
+    top = np.asarray(top, dtype=np.int64)
+    images = data.dataset.to_array(top.ravel(), size=GALLERY_SIDE).reshape(*top.shape, GALLERY_SIDE, GALLERY_SIDE, 3)
+    labels = data.labels
+    if labels.ndim == 1:
+        relevant = labels[queries][:, None] == labels[top]
+    else:
+        relevant = (labels[queries][:, None, :].astype(bool) & labels[top].astype(bool)).any(axis=-1)
+    return images, relevant
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python, the numeric libraries and bganhash, and the machine."""
+    import matplotlib
+    import scipy
+    import sklearn
+    import torch
+
+    import bganhash
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "matplotlib": matplotlib.__version__,
+            "bganhash": bganhash.__version__, "platform": platform.platform(), "machine": machine_description()}
