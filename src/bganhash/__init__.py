@@ -1,9 +1,9 @@
 """bganhash: unsupervised binary hashing for image retrieval (BGAN), Hamming indexes and retrieval metrics."""
 
-from bganhash._validation import InputError, NotFittedError
-from bganhash.bgan import BGANHasher
-from bganhash.index import Index
+__version__ = "0.1.0"  # first: modules imported below record it in the files they write
 
-__version__ = "0.1.0"
+from bganhash._validation import InputError, NotFittedError  # noqa: E402
+from bganhash.bgan import BGANHasher  # noqa: E402
+from bganhash.index import Index  # noqa: E402
 
 __all__ = ["BGANHasher", "Index", "InputError", "NotFittedError", "__version__"]

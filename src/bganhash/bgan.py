@@ -13,6 +13,7 @@ import torch
 
 from bganhash._validation import InputError, check_features, check_fitted, check_positive_int
 from bganhash.config import BGANConfig, check_image_size, make_config, override_config
+from bganhash.features import transform_centre, transform_features
 from bganhash.hashers.base import Hasher
 from bganhash.model import BGANNetworks, images_to_tensor
 from bganhash.train import Trainer, TrainingData
@@ -27,27 +28,8 @@ def default_image_size(height: int, width: int, max_size: int = 64) -> int:
 
 def fit_input_transform(X: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The transformed training features and the centre to reuse on new features (None when uncentred)."""
-    rows = _scaled_rows(X, method)
-    if method != "sqrt_l2_center":
-        return rows, None
-    centre = rows.mean(axis=0, dtype=np.float64).astype(np.float32)
-    return rows - centre, centre
-
-
-def apply_input_transform(X: np.ndarray, method: str, centre: np.ndarray | None) -> np.ndarray:
-    """The transform of `fit_input_transform`, centred on the training centre: row i depends on row i only."""
-    rows = _scaled_rows(X, method)
-    return rows if centre is None else rows - centre
-
-
-def _scaled_rows(X: np.ndarray, method: str) -> np.ndarray:
-    """Signed square root (for "sqrt_l2_center"), then unit rows (for "l2" and "sqrt_l2_center")."""
-    if method == "none":
-        return X
-    if method == "sqrt_l2_center":
-        X = np.sign(X) * np.sqrt(np.abs(X))
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return (X / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+    centre = transform_centre(X, method)
+    return transform_features(X, method, centre), centre
 
 
 class BGANHasher(Hasher):
@@ -208,8 +190,8 @@ class BGANHasher(Hasher):
             raise InputError("validation must be (X_query, y_query, X_database, y_database)")
         x_query, y_query, x_database, y_database = validation
         method = config.neighborhood.feature_transform
-        queries = apply_input_transform(check_features(x_query, "validation X_query", n_features), method, centre)
-        database = apply_input_transform(check_features(x_database, "validation X_database", n_features), method, centre)
+        queries = transform_features(check_features(x_query, "validation X_query", n_features), method, centre)
+        database = transform_features(check_features(x_database, "validation X_database", n_features), method, centre)
 
         def score(networks: BGANNetworks) -> float:
             return mean_average_precision(feature_codes(networks, queries), feature_codes(networks, database),
@@ -251,7 +233,7 @@ class BGANHasher(Hasher):
 
     def _encode_features(self, X: Any, batch_size: int) -> np.ndarray:
         X = check_features(X, "X", n_features=self.n_features_in_)
-        inputs = apply_input_transform(X, self.config_["neighborhood"]["feature_transform"], self.input_centre_)
+        inputs = transform_features(X, self.config_["neighborhood"]["feature_transform"], self.input_centre_)
         return feature_codes(self.networks_, inputs, batch_size)
 
     def _encode_images(self, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -306,7 +288,7 @@ class BGANHasher(Hasher):
         self.networks_ = networks.eval()
 
     def _project(self, X: np.ndarray) -> np.ndarray:
-        inputs = apply_input_transform(X, self.config_["neighborhood"]["feature_transform"], self.input_centre_)
+        inputs = transform_features(X, self.config_["neighborhood"]["feature_transform"], self.input_centre_)
         with torch.no_grad():
             return self.networks_.project(torch.from_numpy(inputs)).numpy()
 
