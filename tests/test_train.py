@@ -218,3 +218,12 @@ def test_training_uses_the_configured_threads_and_restores_them():
     torch.set_num_threads(2)
     trainer.fit()
     assert seen == [1, 1] and torch.get_num_threads() == 2
+
+
+def test_resume_from_a_truncated_checkpoint_names_the_file(tmp_path):
+    from bganhash.train import read_tensors
+
+    damaged = tmp_path / "weights.safetensors"
+    damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(InputError, match="weights.safetensors"):
+        read_tensors(damaged)

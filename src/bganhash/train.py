@@ -252,9 +252,9 @@ class Trainer:
         """Continue from `directory`: its config must match this run's (device aside)."""
         saved = read_json(directory / CONFIG_FILE)
         check_same_config(saved, self.config.to_dict(), directory)
-        weights = safetensors.torch.load(read_bytes(directory / WEIGHTS_FILE))
+        weights = read_tensors(directory / WEIGHTS_FILE)
         self.networks.load_state_dict(weights)
-        tensors = safetensors.torch.load(read_bytes(directory / OPTIMIZER_TENSORS_FILE))
+        tensors = read_tensors(directory / OPTIMIZER_TENSORS_FILE)
         states = join_optimizer_states(tensors, read_json(directory / OPTIMIZER_JSON_FILE))
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(states[name])
@@ -334,8 +334,9 @@ def read_json(path: Path) -> Any:
         raise InputError(f"cannot read checkpoint file {path}: {exc}") from exc
 
 
-def read_bytes(path: Path) -> bytes:
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors (safetensors: loading runs no code); InputError names a missing or damaged file."""
     try:
-        return path.read_bytes()
-    except OSError as exc:
+        return safetensors.torch.load_file(path)
+    except (OSError, safetensors.SafetensorError) as exc:
         raise InputError(f"cannot read checkpoint file {path}: {exc}") from exc
