@@ -45,6 +45,20 @@ def parse_methods(_ctx, _param, value: str) -> list[str]:
     return methods
 
 
+def parse_overrides(_ctx, _param, values: tuple[str, ...]) -> dict:
+    """Parse repeated `--set field=value` into a dict; values are JSON when they parse, else strings."""
+    overrides = {}
+    for item in values:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} must look like field=value, e.g. k1=50 or lr=0.001")
+        try:
+            overrides[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[name.strip()] = raw
+    return overrides
+
+
 def data_options(command):
     """The options every command that reads a dataset shares."""
     options = [

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from bganhash.cli._common import data_options, emit, feature_config, parse_bits
-from bganhash.cli.research import parse_overrides
+from bganhash.cli._common import data_options, emit, feature_config, parse_bits, parse_overrides
 
 
 def _parse_only(_ctx, _param, value: str | None):

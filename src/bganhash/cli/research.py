@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from bganhash.cli._common import data_options, emit, feature_config, parse_bits, parse_methods
+from bganhash.cli._common import data_options, emit, feature_config, parse_bits, parse_methods, parse_overrides
 from bganhash.evaluation import table_markdown
 
 
@@ -64,22 +64,6 @@ def baselines(dataset, data, features_path, backbone, image_size, seed, bits, me
     json_path, md_path = write_results(table, out, "table3")
     document = {**table.to_dict(), "files": {"json": str(json_path), "markdown": str(md_path), "split": str(out / "split.json")}}
     emit(document, as_json, table_markdown(table) + f"\nWritten: {md_path}, {json_path}")
-
-
-def parse_overrides(_ctx, _param, values: tuple[str, ...]) -> dict:
-    """Parse repeated `--set field=value` into a dict; values are JSON when they parse, else strings."""
-    import json
-
-    overrides = {}
-    for item in values:
-        name, sep, raw = item.partition("=")
-        if not sep or not name.strip():
-            raise click.BadParameter(f"{item!r} must look like field=value, e.g. k1=50 or lr=0.001")
-        try:
-            overrides[name.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[name.strip()] = raw
-    return overrides
 
 
 @click.command()
