@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bganhash._io import write_json
-from bganhash.codes import available_workers
+from bganhash._system import usable_cpus
 from bganhash.metrics import mean_average_precision
 
 RESULTS = Path(__file__).resolve().parent / "results" / "map.json"
@@ -95,7 +95,7 @@ def main() -> None:
         "reference_cpu_s": reference_cpu_s,
         "ratio": reference_s / min(walls),
         "repeats": args.repeats,
-        "threads": available_workers(),
+        "threads": usable_cpus(),
         "load_average_before": load_before[0],
         "load_average_after": load_after[0],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}",

@@ -8,12 +8,12 @@ queries at a time, the blocks spread over the available cores (numpy releases th
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 import numpy as np
 
+from bganhash._system import usable_cpus
 from bganhash._validation import InputError, as_2d_array
 
 __all__ = ["hamming_distances", "pack_codes", "to_signed", "unpack_codes"]
@@ -159,21 +159,13 @@ def nearest(
     return distances, order
 
 
-def available_workers() -> int:
-    """CPU cores this process may run on (numpy releases the GIL, so threads use them all)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def map_query_blocks(
     work: Callable[[int, int], Result], n_queries: int, n_database: int
 ) -> list[Result]:
     """Run `work(start, stop)` over blocks of queries, in threads; results in block order."""
     block = max(1, min(n_queries, _BLOCK_ELEMENTS // max(n_database, 1)))
     starts = range(0, n_queries, block)
-    workers = min(available_workers(), len(starts))
+    workers = min(usable_cpus(), len(starts))  # numpy releases the GIL
     if workers <= 1:
         return [work(start, min(start + block, n_queries)) for start in starts]
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -13,6 +13,7 @@ import numpy as np
 
 from bganhash import paper
 from bganhash._io import write_json, write_text
+from bganhash._system import usable_cpus
 from bganhash._validation import InputError
 
 RANKING_RULE = "Hamming distance, ties broken by database order"
@@ -175,7 +176,7 @@ def protocol_metadata(data: ProtocolData, seed: int) -> dict:
         "features": data.feature_source,
         "data": str(getattr(data.dataset, "root", None)),
         "bganhash": bganhash.__version__,
-        "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {usable_cpus()} CPU cores, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -232,9 +233,3 @@ def _display_names() -> dict[str, str]:
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from bganhash import __version__
 from bganhash._io import atomic_write, cache_root, write_json
+from bganhash._system import usable_cpus
 from bganhash._validation import InputError, check_features, check_positive_int
 from bganhash.backbones import Backbone, create_backbone, list_backbones
 
@@ -117,8 +118,7 @@ def _resize(batch: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 def _cpu_threads() -> Iterator[None]:
     """Use at most the CPUs this process may run on, and restore torch's setting afterwards."""
     previous = torch.get_num_threads()
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, min(previous, available)))
+    torch.set_num_threads(max(1, min(previous, usable_cpus())))
     try:
         yield
     finally:

@@ -26,6 +26,7 @@ import numpy as np
 
 from bganhash import paper
 from bganhash._io import write_json
+from bganhash._system import usable_cpus
 from bganhash._validation import InputError
 from bganhash.hashers import BASELINES
 
@@ -505,8 +506,6 @@ def load_cells(out: Path, plan: list[Cell]) -> dict[str, tuple[Cell, dict]]:
 
 def machine_description() -> str:
     """CPU model, cores and torch threads (and the GPU when CUDA is available)."""
-    import os
-
     import torch
 
     model = platform.processor() or platform.machine()
@@ -517,8 +516,7 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    text = f"{model}, {cores} CPU cores, torch {torch.get_num_threads()} threads"
+    text = f"{model}, {usable_cpus()} CPU cores, torch {torch.get_num_threads()} threads"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
