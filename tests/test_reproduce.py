@@ -189,6 +189,20 @@ def test_only_table3_narrows_the_run_and_the_report(tmp_path, rng):
     assert "Table 3" in report and "Table 2" not in report and "Table 5" not in report
 
 
+@pytest.mark.slow
+def test_cells_in_worker_processes_give_the_numbers_of_a_serial_run(tmp_path, rng):
+    features, split = _inputs(tmp_path, load_dataset("digits"), rng, 40, 300)
+    tables = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        result = run("--dataset", "digits", "--features", features, "--split", split, "--out", out,
+                     "--only", "table3", "--jobs", jobs, *TINY)
+        assert result.exit_code == 0, result.output
+        tables[jobs] = json.loads((out / "results.json").read_text())["tables"]["table3"]["ours"]
+    assert "done in" in result.output and "timing" not in result.output  # table3 has no timing cell
+    assert tables["1"] == tables["2"] and tables["1"]["bgan"]["8"] > 0
+
+
 def _cifar10_zip(path: Path, rng, per_class: int = 8) -> None:
     """A CIFAR-10 JPEG zip in the official image-folder layout: train/<class>/*.jpg, 16x16."""
     from bganhash.datasets import CIFAR10_CLASSES

@@ -5,9 +5,19 @@ from __future__ import annotations
 import os
 
 
+THREADS_VARIABLE = "BGANHASH_NUM_THREADS"  # caps the threads bganhash's own parallel code uses
+
+
 def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one, else all cores)."""
+    """CPU cores this process may run on (its affinity mask where the OS has one, else all cores),
+    capped by $BGANHASH_NUM_THREADS when that is set (e.g. by a worker sharing the machine)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    cap = os.environ.get(THREADS_VARIABLE, "").strip()
+    if cap:
+        if not cap.isdigit() or int(cap) < 1:
+            raise ValueError(f"${THREADS_VARIABLE}={cap!r}: expected a positive whole number of threads")
+        cores = min(cores, int(cap))
+    return cores

@@ -27,7 +27,7 @@ import numpy as np
 from bganhash import paper
 from bganhash._io import write_json
 from bganhash._system import usable_cpus
-from bganhash._validation import InputError
+from bganhash._validation import InputError, check_positive_int
 from bganhash.hashers import BASELINES
 
 EXPERIMENTS = ("table2", "table3", "table4", "table5", "table6", "figure2", "figure5")
@@ -215,15 +215,16 @@ def _bgan_hasher(settings: ReproduceSettings, n_bits: int, overrides: dict[str, 
 # ---- running -----------------------------------------------------------------------------------------
 
 
-def reproduce(settings: ReproduceSettings, out: str | Path, log: Callable[[str], None] | None = None) -> dict:
-    """Run the plan's missing cells under `out`, then (re)write the report; returns a summary."""
+def reproduce(settings: ReproduceSettings, out: str | Path, log: Callable[[str], None] | None = None,
+              jobs: int = 1) -> dict:
+    """Run the plan's missing cells under `out` (`jobs` at a time), then (re)write the report."""
     out = Path(out)
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     data = load_protocol_data(settings)  # first: a bad --data must not leave an identity behind
     check_run_identity(out, settings)
     plan = build_plan(settings)
     requested = record_request(out, settings, plan)
-    runner = CellRunner(settings, data, out, log)
+    runner = CellRunner(settings, data, out, log, jobs)
     computed = runner.run(plan)
     files = write_report(out, settings, data, requested)
     return {"out": str(out), "cells": len(plan), "computed": computed, "skipped": len(plan) - computed,
@@ -244,14 +245,15 @@ def check_run_identity(out: Path, settings: ReproduceSettings) -> None:
     write_json(path, identity)
 
 
-def load_protocol_data(settings: ReproduceSettings):
+def load_protocol_data(settings: ReproduceSettings, progress: bool = True):
     """Dataset, features and split; under --quick a seeded random subset of each part of the split."""
     from bganhash.datasets.splits import Split
     from bganhash.evaluation import prepare_protocol
 
     split = Split.load(settings.split_path) if settings.split_path else None
     data = prepare_protocol(settings.dataset, settings.data, features_path=settings.features_path,
-                            feature_config=settings.feature_config, seed=settings.seed, split=split)
+                            feature_config=settings.feature_config, seed=settings.seed, split=split,
+                            progress=progress)
     if not settings.quick:
         return data
     quick, rng = settings.quick_settings, np.random.default_rng(settings.seed)
@@ -266,10 +268,17 @@ def load_protocol_data(settings: ReproduceSettings):
 
 
 class CellRunner:
-    """Runs cells in order, skipping those already on disk, with a progress line per cell."""
+    """Runs the missing cells of a plan, `jobs` at a time, with a progress line per cell.
 
-    def __init__(self, settings: ReproduceSettings, data, out: Path, log: Callable[[str], None]) -> None:
+    With jobs > 1 each cell runs in a worker process of its own interpreter (one thread each, the
+    data loaded once per worker from the feature cache); the backbone timing cell always runs last
+    and alone, so Table 6 is not measured on a shared CPU.
+    """
+
+    def __init__(self, settings: ReproduceSettings, data, out: Path, log: Callable[[str], None],
+                 jobs: int = 1) -> None:
         self.settings, self.data, self.out, self.log = settings, data, out, log
+        self.jobs = check_positive_int(jobs, "jobs")
         self.started = time.perf_counter()
         self.seconds_by_kind: dict[str, list[float]] = {}
         self.gallery = gallery_positions(len(data.split.query), settings.seed)
@@ -279,33 +288,102 @@ class CellRunner:
 
     def run(self, plan: list[Cell]) -> int:
         """Compute every missing cell of `plan`; returns how many were computed."""
-        computed = 0
         pending = [cell for cell in plan if not cell_path(self.out, cell.id).is_file()]
-        for position, cell in enumerate(plan, start=1):
-            prefix = f"[cell {position}/{len(plan)}] {cell.label}"
+        self.positions = {cell.id: position for position, cell in enumerate(plan, start=1)}
+        self.total = len(plan)
+        for cell in plan:
             if cell not in pending:
-                self.log(f"{prefix}: done earlier, kept")
-                continue
-            remaining = pending[pending.index(cell):]
-            self.log(f"{prefix} … elapsed {_clock(self.elapsed())}, estimate {self._estimate(remaining)} left")
+                self.log(f"[cell {self.positions[cell.id]}/{self.total}] {cell.label}: done earlier, kept")
+        alone = [cell for cell in pending if cell.kind == "timing"]
+        shared = [cell for cell in pending if cell.kind != "timing"]
+        if self.jobs > 1 and len(shared) > 1:
+            self._run_in_workers(shared)
+        else:
+            self._run_here(shared)
+        self._run_here(alone)
+        self.log(f"all {len(plan)} cells done in {_clock(self.elapsed())} ({len(pending)} computed now)")
+        return len(pending)
+
+    def _run_here(self, cells: list[Cell]) -> None:
+        for index, cell in enumerate(cells):
+            self._started(cell, cells[index:])
             started = time.perf_counter()
             result = compute_cell(cell, self.settings, self.data, self.gallery, self.out)
-            seconds = time.perf_counter() - started
-            self.seconds_by_kind.setdefault(cell.kind, []).append(seconds)
-            write_json(cell_path(self.out, cell.id), {"id": cell.id, "kind": cell.kind, "label": cell.label,
-                                                     "params": cell.params, "seconds": seconds, **result})
-            computed += 1
-        self.log(f"all {len(plan)} cells done in {_clock(self.elapsed())} ({computed} computed now)")
-        return computed
+            self._finished(cell, save_cell(self.out, cell, result, time.perf_counter() - started))
+
+    def _run_in_workers(self, cells: list[Cell]) -> None:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        # longest kinds first, so the short baseline cells fill the gaps at the end
+        queue = sorted(cells, key=lambda cell: cell.kind not in ("bgan", "convergence"))
+        threads = max(1, usable_cpus() // self.jobs)
+        context = multiprocessing.get_context("spawn")  # no fork of a process that already ran OpenMP
+        with ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_start_worker,
+                                 initargs=(self.settings, str(self.out), threads)) as pool:
+            running: dict[Any, Cell] = {}
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    cell = queue.pop(0)
+                    self._started(cell, [cell, *queue, *running.values()])
+                    running[pool.submit(_worker_compute, cell)] = cell
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._finished(running.pop(future), future.result())
+
+    def _started(self, cell: Cell, remaining: list[Cell]) -> None:
+        self.log(f"[cell {self.positions[cell.id]}/{self.total}] {cell.label} … elapsed {_clock(self.elapsed())}, "
+                 f"estimate {self._estimate(remaining)} left")
+
+    def _finished(self, cell: Cell, seconds: float) -> None:
+        self.seconds_by_kind.setdefault(cell.kind, []).append(seconds)
+        if self.jobs > 1:
+            self.log(f"[cell {self.positions[cell.id]}/{self.total}] {cell.label}: done in {_clock(seconds)}")
 
     def _estimate(self, remaining: list[Cell]) -> str:
-        """Remaining time from the mean duration of each kind of cell so far ("?" before any is timed)."""
+        """Remaining time from the mean duration of each kind of cell so far ("?" before any is timed),
+        divided among the jobs."""
         done = [s for values in self.seconds_by_kind.values() for s in values]
         if not done:
             return "?"
         overall = float(np.mean(done))
         total = sum(float(np.mean(self.seconds_by_kind.get(cell.kind, [overall]))) for cell in remaining)
-        return _clock(total)
+        return _clock(total / min(self.jobs, max(1, len(remaining))))
+
+
+def save_cell(out: Path, cell: Cell, result: dict[str, Any], seconds: float) -> float:
+    """Write one cell's result file (atomically); returns `seconds` for the caller's bookkeeping."""
+    write_json(cell_path(out, cell.id), {"id": cell.id, "kind": cell.kind, "label": cell.label,
+                                         "params": cell.params, "seconds": seconds, **result})
+    return seconds
+
+
+_WORKER: dict[str, Any] = {}  # a worker process's settings, data and output folder
+
+
+def _start_worker(settings: ReproduceSettings, out: str, threads: int) -> None:
+    """Limit the worker's threads, then load the protocol data once (features come from the cache)."""
+    import os
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from bganhash._system import THREADS_VARIABLE
+
+    os.environ[THREADS_VARIABLE] = str(threads)
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+    data = load_protocol_data(settings, progress=False)
+    _WORKER.update(settings=settings, data=data, out=Path(out), progress=False,
+                   gallery=gallery_positions(len(data.split.query), settings.seed))
+
+
+def _worker_compute(cell: Cell) -> float:
+    """Compute and save one cell in a worker; returns its seconds."""
+    started = time.perf_counter()
+    result = compute_cell(cell, _WORKER["settings"], _WORKER["data"], _WORKER["gallery"], _WORKER["out"],
+                          progress=False)
+    return save_cell(_WORKER["out"], cell, result, time.perf_counter() - started)
 
 
 def cell_path(out: Path, cell_id: str) -> Path:
@@ -327,14 +405,15 @@ def _clock(seconds: float) -> str:
 # ---- computing one cell ------------------------------------------------------------------------------
 
 
-def compute_cell(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndarray, out: Path) -> dict[str, Any]:
+def compute_cell(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndarray, out: Path,
+                 progress: bool = True) -> dict[str, Any]:
     """The result document of one cell (its numbers only; the runner adds id, params and seconds)."""
     if cell.kind == "baseline":
         return _baseline_cell(cell.params, settings, data, gallery)
     if cell.kind == "bgan":
-        return _bgan_result(cell, settings, data, gallery, out)
+        return _bgan_result(cell, settings, data, gallery, out, progress)
     if cell.kind == "convergence":
-        return _convergence_cell(cell.params, settings, data)
+        return _convergence_cell(cell.params, settings, data, progress)
     if cell.kind == "figure2":
         return _figure2_cell(settings, data)
     return _timing_cell(settings, data)
@@ -351,7 +430,8 @@ def _baseline_cell(params: dict, settings: ReproduceSettings, data, gallery: np.
     return {"fit_seconds": fit_seconds, **measures}
 
 
-def _bgan_result(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndarray, out: Path) -> dict[str, Any]:
+def _bgan_result(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndarray, out: Path,
+                 progress: bool = True) -> dict[str, Any]:
     """Train one BGAN variant (resumable at beta-stage granularity), then measure its codes."""
     from bganhash.evaluation import fit_bgan
 
@@ -359,7 +439,7 @@ def _bgan_result(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndar
     hasher = _bgan_hasher(settings, params["bits"], params["overrides"])
     checkpoints = out / "checkpoints" / cell.id
     started = time.perf_counter()
-    fit_bgan(hasher, data, checkpoint_dir=checkpoints, resume=True, progress=True, image_size=_image_side(data))
+    fit_bgan(hasher, data, checkpoint_dir=checkpoints, resume=True, progress=progress, image_size=_image_side(data))
     fit_seconds = time.perf_counter() - started
     measures = _codes_and_measures(lambda idx: encode_rows(hasher, data, idx), data, gallery)
     shutil.rmtree(checkpoints, ignore_errors=True)
@@ -438,7 +518,7 @@ def decode_array(document: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8).reshape(document["shape"])
 
 
-def _convergence_cell(params: dict, settings: ReproduceSettings, data) -> dict[str, Any]:
+def _convergence_cell(params: dict, settings: ReproduceSettings, data, progress: bool = True) -> dict[str, Any]:
     """Figure 5: train the full model on the training images less a validation set carved from them,
     logging the losses and the validation mAP every epoch (the test queries are never seen)."""
     from bganhash.datasets.splits import validation_split
@@ -448,7 +528,7 @@ def _convergence_cell(params: dict, settings: ReproduceSettings, data) -> dict[s
     hasher = _bgan_hasher(settings, params["bits"], params["overrides"])
     # BGANHasher scores validation codes from features, so pixel encoders log losses only
     on_features = params["config"]["network"]["encoder"] == "head"
-    fit_bgan(hasher, validation, progress=True, image_size=_image_side(data),
+    fit_bgan(hasher, validation, progress=progress, image_size=_image_side(data),
              validation=(*validation.part("query"), *validation.part("database")) if on_features else None)
     return {"history": hasher.history_, "n_validation_queries": int(len(validation.split.query)),
             "n_validation_database": int(len(validation.split.database))}

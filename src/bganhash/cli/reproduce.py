@@ -35,10 +35,13 @@ def _parse_only(_ctx, _param, value: str | None):
               help="Override one BGAN configuration field for every variant (repeatable).")
 @click.option("--split", "split_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="Use this saved split (split.json) instead of drawing the paper's.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Cells run at once, each in its own process on one thread [default: the usable CPU cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def reproduce(dataset, data, features_path, backbone, image_size, seed, out, only, bits, quick, preset, overrides,
-              split_path, as_json) -> None:
+              split_path, jobs, as_json) -> None:
     """Run the paper's protocol and write a self-contained report (Markdown, HTML, JSON) under --out."""
+    from bganhash._system import usable_cpus
     from bganhash.reproduce import ReproduceSettings
     from bganhash.reproduce import reproduce as run_reproduction
 
@@ -49,6 +52,7 @@ def reproduce(dataset, data, features_path, backbone, image_size, seed, out, onl
         split_path=None if split_path is None else str(Path(split_path).resolve()),
         feature_config=feature_config(backbone, image_size), only=only, bits=None if bits is None else tuple(bits))
     out = out or Path("results") / f"reproduce-{dataset}"
-    summary = run_reproduction(settings, out, log=lambda message: click.echo(message, err=True))
+    summary = run_reproduction(settings, out, log=lambda message: click.echo(message, err=True),
+                               jobs=jobs or usable_cpus())
     emit(summary, as_json, f"{summary['cells']} cells ({summary['computed']} computed now, {summary['skipped']} "
          f"kept) in {summary['seconds']:.0f} s. Report: {summary['files']['report.md']}")
