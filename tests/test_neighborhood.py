@@ -147,12 +147,14 @@ def test_expansion_adds_the_smallest_zero_overlap_images_when_overlaps_run_out()
     assert S[29, 25:].all() and S[29, :5].all() and not S[29, 5:25].any()
 
 
-@pytest.mark.parametrize("block_nonzeros", [1, 500])
-def test_expansion_is_the_same_for_any_block_size(monkeypatch, rng, block_nonzeros):
+@pytest.mark.parametrize("block_nonzeros, keep_unions_below", [(1, 1 << 27), (500, 1 << 27), (500, 0), (1, 0)])
+def test_expansion_is_the_same_for_any_block_size(monkeypatch, rng, block_nonzeros, keep_unions_below):
+    """Small blocks, and unions recomputed on every pass (the large-n path) instead of kept."""
     knn = knn_cosine(gaussian_features(rng, 120, 5), 8)
     expected = reference_expand(knn, 12)
     monkeypatch.setattr(neighborhood, "_OVERLAP_BLOCK_NONZEROS", block_nonzeros)
     monkeypatch.setattr(neighborhood, "_UNION_BLOCK_ELEMENTS", block_nonzeros)
+    monkeypatch.setattr(neighborhood, "_KEEP_UNIONS_BELOW", keep_unions_below)
     np.testing.assert_array_equal(dense(expand_neighborhood(knn, 12)), expected)
 
 
@@ -270,3 +272,56 @@ def test_label_neighborhood_rejects_nan_labels():
 def test_positives_per_image_rejects_a_dense_matrix():
     with pytest.raises(InputError, match="scipy.sparse"):
         positives_per_image(np.eye(3))
+
+
+# --- large n: faiss IVF K-NN -----------------------------------------------------------------------
+
+
+def _clustered(rng, n: int, n_centres: int = 40, dim: int = 32) -> np.ndarray:
+    centres = rng.normal(size=(n_centres, dim))
+    return (centres[rng.integers(0, n_centres, n)] + 0.4 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def test_ivf_knn_finds_the_exact_neighbours_on_clustered_features(rng):
+    pytest.importorskip("faiss")
+    features = _clustered(rng, 3000)
+    approximate = knn_cosine(features, 10, method="ivf")
+    exact = knn_cosine(features, 10, method="exact")
+    assert approximate.shape == (3000, 11) and approximate.dtype == np.int64
+    np.testing.assert_array_equal(approximate[:, 0], np.arange(3000))
+    neighborhood._check_knn(approximate)  # in range, no repeats, self first
+    recall = neighborhood.estimate_knn_recall(features, approximate, n_sample=300)
+    assert recall >= 0.95
+    assert np.mean([len(set(a) & set(e)) / 11 for a, e in zip(approximate, exact)]) >= 0.95
+
+
+def test_auto_switches_to_ivf_above_the_exact_limit(monkeypatch, rng):
+    calls = []
+    monkeypatch.setattr(neighborhood, "_knn_ivf", lambda unit, k, nprobe, progress: calls.append(unit.shape) or "ivf")
+    features = _clustered(rng, 200)
+    monkeypatch.setattr(neighborhood, "EXACT_KNN_MAX_ROWS", 200)
+    assert isinstance(knn_cosine(features, 5), np.ndarray) and not calls
+    monkeypatch.setattr(neighborhood, "EXACT_KNN_MAX_ROWS", 199)
+    assert knn_cosine(features, 5, nprobe=3) == "ivf" and calls == [(200, 32)]
+
+
+def test_estimate_knn_recall_scores_exact_lists_one_and_random_lists_low(rng):
+    features = _clustered(rng, 500)
+    exact = knn_cosine(features, 8)
+    assert neighborhood.estimate_knn_recall(features, exact, n_sample=100) == 1.0
+    shuffled = np.array([[i, *[j for j in rng.permutation(500)[:9] if j != i][:8]] for i in range(500)])
+    assert neighborhood.estimate_knn_recall(features, shuffled, n_sample=100) < 0.3
+
+
+def test_self_first_drops_missing_and_self_and_reports_short_rows():
+    found = np.array([[5, 7, 9], [7, 6, 8], [-1, 4, 7]])  # row 5: self first; row 6: self second; row 7: short
+    out = np.zeros((3, 3), dtype=np.int64)
+    short = neighborhood._self_first(found, 5, out)
+    np.testing.assert_array_equal(short, [2])
+    np.testing.assert_array_equal(out[:2], [[5, 7, 9], [6, 7, 8]])
+    np.testing.assert_array_equal(neighborhood._self_first_rows(np.array([[7, 4, 1]]), np.array([7]), 2), [[7, 4, 1]])
+
+
+def test_knn_cosine_rejects_an_unknown_method(rng):
+    with pytest.raises(InputError, match="method='annoy'"):
+        knn_cosine(_clustered(rng, 50), 3, method="annoy")

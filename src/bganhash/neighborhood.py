@@ -16,6 +16,7 @@ stored, -1 everywhere else), because a dense N x N matrix does not fit beyond sm
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ import scipy.sparse as sp
 from bganhash._validation import InputError, check_features, check_positive_int
 
 __all__ = [
+    "estimate_knn_recall",
     "expand_neighborhood",
     "knn_cosine",
     "knn_label_precision_curve",
@@ -36,21 +38,34 @@ __all__ = [
 _KNN_BLOCK_ELEMENTS = 1 << 22  # similarities held per K-NN panel (about 20 bytes each at peak)
 _OVERLAP_BLOCK_NONZEROS = 1 << 23  # overlap counts held per expansion block
 _UNION_BLOCK_ELEMENTS = 1 << 22  # list members gathered at once for the unions L'_i
+_KEEP_UNIONS_BELOW = 1 << 27  # list members (n·K2·(K1 + 1)) below which the unions are kept, not recomputed
 _PAIR_CHUNK = 1 << 20  # (i, j) pairs compared at once in label_precision
+_IVF_QUERY_BLOCK = 1 << 14  # rows searched per faiss call (one progress step)
+_IVF_TRAINING_PER_LIST = 64  # k-means training rows per inverted list
+EXACT_KNN_MAX_ROWS = 60_000  # knn_cosine(method="auto") is exact up to here (all of CIFAR-10), faiss IVF above
+DEFAULT_NPROBE = 16  # inverted lists searched per row by the IVF K-NN
+KNN_METHODS = ("auto", "exact", "ivf")
 
 
-def knn_cosine(features: Any, k: int) -> np.ndarray:
+def knn_cosine(features: Any, k: int, *, method: str = "auto", nprobe: int = DEFAULT_NPROBE,
+               progress: bool = False) -> np.ndarray:
     """Return the (n, k + 1) int64 indices of each row's k + 1 nearest rows by cosine similarity.
 
-    Each row's own index comes first (even beside exact duplicates), then decreasing similarity with
-    ties to the smaller index. Row panels against the columns after them (the similarity matrix is
-    symmetric, so half of it is computed), each row keeping a running top k + 1.
+    Each row's own index comes first (even beside exact duplicates), then decreasing similarity.
+    `method`: "exact" (ties to the smaller index; row panels against the columns after them, as
+    the similarity matrix is symmetric), "ivf" (faiss inverted lists searched `nprobe` at a time:
+    approximate, for millions of rows; see `estimate_knn_recall`), or "auto": exact up to
+    EXACT_KNN_MAX_ROWS rows, ivf above.
     """
     unit = _unit_rows(check_features(features, "features"))
     n = unit.shape[0]
     k = check_positive_int(k, "k", 1)
     if k >= n:
         raise InputError(f"k={k} must be smaller than the number of rows ({n}): each row needs k other rows")
+    if method not in KNN_METHODS:
+        raise InputError(f"method={method!r} is not one of {', '.join(KNN_METHODS)}")
+    if method == "ivf" or (method == "auto" and n > EXACT_KNN_MAX_ROWS):
+        return _knn_ivf(unit, k, check_positive_int(nprobe, "nprobe", 1), progress)
     rows_per_panel = max(1, _KNN_BLOCK_ELEMENTS // n)
     best = np.full((n, k + 1), np.iinfo(np.int64).max, dtype=np.int64)
     for start in range(0, n, rows_per_panel):
@@ -68,24 +83,45 @@ def knn_cosine(features: Any, k: int) -> np.ndarray:
     return best & 0xFFFFFFFF
 
 
+def estimate_knn_recall(features: Any, knn_indices: Any, n_sample: int = 1000, seed: int = 0) -> float:
+    """The fraction of the exact k nearest other rows that `knn_indices` found, over a seeded sample
+    of rows (exact search of the sample against every row, in column blocks)."""
+    unit = _unit_rows(check_features(features, "features"))
+    lists = _check_knn(knn_indices)
+    _check_same_rows(unit.shape[0], lists.shape[0])
+    n, width = lists.shape
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(n, check_positive_int(n_sample, "n_sample")), replace=False))
+    best = np.full((rows.shape[0], width), np.iinfo(np.int64).max, dtype=np.int64)
+    columns_per_block = max(1, _KNN_BLOCK_ELEMENTS // rows.shape[0])
+    for start in range(0, n, columns_per_block):
+        stop = min(n, start + columns_per_block)
+        ordered = _ordered_distances(unit[rows], unit[start:stop])
+        inside = np.flatnonzero((rows >= start) & (rows < stop))
+        ordered[inside, rows[inside] - start] = np.iinfo(np.int32).min  # self first
+        _merge_into(best, np.arange(rows.shape[0]), _smallest_keys(ordered, start, width))
+    exact = best & 0xFFFFFFFF
+    found = sum(np.intersect1d(exact[i, 1:], lists[row, 1:]).shape[0] for i, row in enumerate(rows))
+    return found / (rows.shape[0] * (width - 1))
+
+
 def expand_neighborhood(knn_indices: Any, k2: int = 30) -> sp.csr_matrix:
     """Return S's positives (boolean, symmetric csr) from (n, K1 + 1) K-NN lists by Algorithm 1.
 
-    The overlap counts are the sparse product A·Aᵀ of the lists' 0/1 membership matrix, in row blocks.
-    A k2 larger than n keeps every image.
+    The overlap counts are the sparse product A·Aᵀ of the lists' 0/1 membership matrix, in row blocks;
+    the unions and their symmetrisation run in row blocks too, so memory stays proportional to
+    n·K1·K2 (the size of S itself), never n². A k2 larger than n keeps every image.
     """
     lists = _check_knn(knn_indices)
     k2 = check_positive_int(k2, "k2", 1)
     n = lists.shape[0]
-    membership = _membership_matrix(lists)
-    kept = _top_overlap(membership, lists, min(k2, n))
-    expanded = _union_of_lists(lists, kept)
-    return _boolean_csr(expanded + expanded.T.tocsr())
+    kept = _top_overlap(_membership_matrix(lists), lists, min(k2, n))
+    return _symmetric_union(_ListUnions(lists, kept), n)
 
 
-def neighborhood_structure(features: Any, k1: int = 20, k2: int = 30) -> sp.csr_matrix:
+def neighborhood_structure(features: Any, k1: int = 20, k2: int = 30, *, knn_method: str = "auto",
+                           nprobe: int = DEFAULT_NPROBE, progress: bool = False) -> sp.csr_matrix:
     """Return S's positives for `features` by Algorithm 1: cosine K1-NN lists, then the K2 expansion."""
-    return expand_neighborhood(knn_cosine(features, k1), k2)
+    return expand_neighborhood(knn_cosine(features, k1, method=knn_method, nprobe=nprobe, progress=progress), k2)
 
 
 def label_neighborhood(labels: Any) -> sp.csr_matrix:
@@ -179,6 +215,69 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
     unit = features / peak[:, None]  # scaled first so that the squared norm cannot overflow
     unit /= np.sqrt(np.einsum("ij,ij->i", unit, unit))[:, None]
     return unit
+
+
+def _knn_ivf(unit: np.ndarray, k: int, nprobe: int, progress: bool) -> np.ndarray:
+    """K-NN by faiss IndexIVFFlat on inner products of unit rows (= cosine), own index put first."""
+    faiss = _import_faiss()
+    from tqdm.auto import tqdm
+
+    from bganhash._system import usable_cpus
+
+    faiss.omp_set_num_threads(usable_cpus())
+    n, dim = unit.shape
+    n_lists = int(max(1, min(round(4 * np.sqrt(n)), n // 39)))  # faiss wants 39+ training rows per list
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = 1234
+    sample = np.random.default_rng(0).choice(n, min(n, _IVF_TRAINING_PER_LIST * n_lists), replace=False)
+    index.train(unit[np.sort(sample)])
+    index.add(unit)
+    index.nprobe = min(nprobe, n_lists)
+    lists = np.empty((n, k + 1), dtype=np.int64)
+    with tqdm(total=n, desc="K-NN (faiss IVF)", unit="rows", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, n, _IVF_QUERY_BLOCK):
+            stop = min(n, start + _IVF_QUERY_BLOCK)
+            _, found = index.search(unit[start:stop], k + 1)
+            short = _self_first(found, start, lists[start:stop])
+            if short.size:  # too few candidates in the probed lists: search those rows exhaustively
+                params = faiss.SearchParametersIVF(nprobe=n_lists)
+                _, found = index.search(unit[start + short], k + 1, params=params)
+                lists[start + short] = _self_first_rows(found, start + short, k)
+            bar.update(stop - start)
+    return lists
+
+
+def _self_first(found: np.ndarray, first_row: int, out: np.ndarray) -> np.ndarray:
+    """Fill `out` with each row's own index then its first k others from `found` (faiss's -1 and the
+    row itself dropped); returns the positions of rows with fewer than k others, left unfilled."""
+    rows = np.arange(first_row, first_row + found.shape[0])
+    k = out.shape[1] - 1
+    others = (found != rows[:, None]) & (found >= 0)
+    others &= np.cumsum(others, axis=1) <= k
+    complete = others.sum(axis=1) == k
+    out[complete, 0] = rows[complete]
+    out[complete, 1:] = found[complete][others[complete]].reshape(-1, k)
+    return np.flatnonzero(~complete)
+
+
+def _self_first_rows(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """`_self_first` for rows that are not consecutive."""
+    out = np.empty((rows.shape[0], k + 1), dtype=np.int64)
+    for position, row in enumerate(rows):
+        others = [j for j in found[position] if j >= 0 and j != row][:k]
+        if len(others) < k:
+            raise RuntimeError(f"faiss found {len(others)} neighbours of row {row}, fewer than k={k}")
+        out[position] = [row, *others]
+    return out
+
+
+def _import_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise InputError("K-NN of this many rows runs through faiss: pip install faiss-cpu "
+                         "(or pass method='exact')") from None
+    return faiss
 
 
 def _ordered_distances(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -305,22 +404,83 @@ def _top_per_row(overlap: sp.csr_matrix, k2: int, width: int) -> np.ndarray:
     return kept
 
 
-def _union_of_lists(lists: np.ndarray, kept: np.ndarray) -> sp.csr_matrix:
-    """Row i: the union of the lists of the images kept for i, as a canonical (sorted) 0/1 csr matrix."""
-    n, width = lists.shape
-    rows_per_block = max(1, _UNION_BLOCK_ELEMENTS // (kept.shape[1] * width))
-    indices, counts = [], []
-    for start in range(0, n, rows_per_block):
-        members = lists[kept[start : start + rows_per_block]].reshape(-1, kept.shape[1] * width)
-        members.sort(axis=1)
-        first = np.ones(members.shape, dtype=bool)
-        first[:, 1:] = members[:, 1:] != members[:, :-1]
-        indices.append(members[first])
-        counts.append(first.sum(axis=1))
-    indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts))])
-    union = sp.csr_matrix((np.ones(indptr[-1], np.int32), np.concatenate(indices), indptr), shape=(n, n))
-    union.has_canonical_format = True
-    return union
+class _ListUnions:
+    """Row blocks of L'_i (the union of the lists of the images kept for i), each row's members sorted.
+
+    Small problems keep the blocks after the first pass; large ones recompute them on each pass
+    (cheap against holding a second copy of S).
+    """
+
+    def __init__(self, lists: np.ndarray, kept: np.ndarray) -> None:
+        self.lists, self.kept = lists, kept
+        self.members_per_row = kept.shape[1] * lists.shape[1]
+        self.cached: list[tuple[int, np.ndarray, np.ndarray]] | None = None
+        self.keep = lists.shape[0] * self.members_per_row <= _KEEP_UNIONS_BELOW
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first row, members per row, members) of each block."""
+        if self.cached is not None:
+            yield from self.cached
+            return
+        computed = []
+        rows_per_block = max(1, _UNION_BLOCK_ELEMENTS // self.members_per_row)
+        for start in range(0, self.lists.shape[0], rows_per_block):
+            members = self.lists[self.kept[start : start + rows_per_block]].reshape(-1, self.members_per_row)
+            members.sort(axis=1)
+            first = np.ones(members.shape, dtype=bool)
+            first[:, 1:] = members[:, 1:] != members[:, :-1]
+            block = (start, first.sum(axis=1), members[first].astype(np.int32 if self.keep else np.int64))
+            if self.keep:
+                computed.append(block)
+            yield block
+        if self.keep:
+            self.cached = computed
+
+
+def _symmetric_union(unions: _ListUnions, n: int) -> sp.csr_matrix:
+    """S's positives: (i, j) and (j, i) for every j in L'_i, as a boolean csr matrix with sorted rows.
+
+    Three passes over the unions: count each column, scatter the transpose (rows arrive in order, so
+    its rows come out sorted), then merge each block of rows with the same rows of the transpose.
+    """
+    column_counts = np.zeros(n, dtype=np.int64)
+    for _, _, members in unions:
+        column_counts += np.bincount(members, minlength=n)
+    index_dtype = np.int32 if 2 * int(column_counts.sum()) < np.iinfo(np.int32).max else np.int64
+    t_indptr = np.concatenate([[0], np.cumsum(column_counts)])
+    t_indices = np.empty(int(t_indptr[-1]), dtype=index_dtype)
+    cursor = t_indptr[:-1].copy()
+    for start, sizes, members in unions:
+        rows = np.repeat(np.arange(start, start + sizes.shape[0], dtype=index_dtype), sizes)
+        order = np.argsort(members, kind="stable")
+        counts = np.bincount(members, minlength=n)
+        offset = cursor - (np.cumsum(counts) - counts)  # cursor minus where each column starts in `order`
+        t_indices[offset[members[order]] + np.arange(order.shape[0])] = rows[order]
+        cursor += counts
+    del cursor
+    row_sizes, blocks = [], []
+    for start, sizes, members in unions:
+        stop = start + sizes.shape[0]
+        block = _sorted_csr(members, np.concatenate([[0], np.cumsum(sizes)]), n)
+        transposed = _sorted_csr(t_indices[t_indptr[start] : t_indptr[stop]], t_indptr[start : stop + 1] - t_indptr[start], n)
+        merged = block + transposed  # scipy merges sorted rows in one linear pass
+        row_sizes.append(np.diff(merged.indptr))
+        blocks.append(merged.indices.astype(index_dtype, copy=False))
+    del t_indices
+    indices = np.concatenate(blocks)
+    del blocks
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(row_sizes))]).astype(index_dtype)
+    pattern = sp.csr_matrix((np.ones(indices.shape[0], dtype=bool), indices, indptr), shape=(n, n), copy=False)
+    pattern.has_sorted_indices = True
+    return pattern
+
+
+def _sorted_csr(indices: np.ndarray, indptr: np.ndarray, n_columns: int) -> sp.csr_matrix:
+    """A 0/1 int8 csr matrix over rows whose `indices` are already sorted and unique."""
+    matrix = sp.csr_matrix((np.ones(indices.shape[0], dtype=np.int8), indices, indptr),
+                           shape=(indptr.shape[0] - 1, n_columns), copy=False)
+    matrix.has_canonical_format = True
+    return matrix
 
 
 def _boolean_csr(matrix: sp.spmatrix) -> sp.csr_matrix:
