@@ -5,6 +5,9 @@ Per mini-batch: the encoder and hash layer give z and the relaxed codes b = act(
 reconstructs I^R = G(b); the discriminator ascends Eq. 14 on (I, I^R.detach()) (Eq. 20); then the
 encoder and W_h descend l_N + lambda1 l_C (+ the quantisation term) (Eq. 18, 21) and the generator
 descends lambda1 l_C + lambda2 l_A (Eq. 19), both from one forward pass.
+
+Under torchrun each process trains on its shard of every mini-batch and the result equals one process
+with the same global batch; how the gradients are made equal is explained in `bganhash.distributed`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 from bganhash._io import atomic_write, write_json
 from bganhash._validation import InputError
 from bganhash.config import BGANConfig
+from bganhash.distributed import World, current_world
 from bganhash.losses import (
     adversarial_objective,
     content_loss,
@@ -36,7 +40,7 @@ from bganhash.losses import (
     neighborhood_loss,
     quantization_loss,
 )
-from bganhash.model import BGANNetworks, relax_sign
+from bganhash.model import BGANNetworks, FinetuneEncoder, relax_sign
 
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
@@ -44,6 +48,7 @@ OPTIMIZER_JSON_FILE = "optimizer.json"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"  # written last: a checkpoint counts only once it exists
 HISTORY_FILE = "history.json"
+WHOLE_BATCH_STATS = ("bit_balance", "loss_n", "loss_q")  # computed on the gathered batch, not per shard
 
 
 @dataclass
@@ -70,14 +75,16 @@ def make_optimizer(parameters: list[nn.Parameter], config: BGANConfig) -> torch.
     return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
 
 
-def discriminator_step(networks: BGANNetworks, optimizer: torch.optim.Optimizer, real: torch.Tensor,
-                       fake: torch.Tensor) -> dict[str, float]:
-    """Ascend Eq. 14 (descend its BCE form) on real images and detached reconstructions (Eq. 20)."""
-    real_logits = networks.discriminator(real)
-    fake_logits = networks.discriminator(fake.detach())
+def discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor,
+                       fake: torch.Tensor, weight: float = 1.0) -> dict[str, float]:
+    """Ascend Eq. 14 (descend its BCE form) on real images and detached reconstructions (Eq. 20).
+
+    `weight` multiplies the loss (a shard's `Shard.weight` in distributed training)."""
+    real_logits = discriminator(real)
+    fake_logits = discriminator(fake.detach())
     loss = discriminator_loss(real_logits, fake_logits)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (weight * loss).backward()
     optimizer.step()
     with torch.no_grad():
         return {
@@ -113,23 +120,45 @@ def bit_balance(z: torch.Tensor) -> float:
     return (2 * torch.minimum(positive, 1 - positive)).mean().item()
 
 
+class _Projection(nn.Module):
+    """The encoder and the hash layer as one module (z = W_h^T phi(I)), for DDP to wrap together."""
+
+    def __init__(self, networks: BGANNetworks) -> None:
+        super().__init__()
+        self.encoder, self.hash_layer = networks.encoder, networks.hash_layer
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.hash_layer.project(self.encoder(inputs))
+
+
 class Trainer:
     """Runs the beta stages of `config.train.beta_schedule` over `data`, checkpointing each stage.
 
     `evaluate(networks) -> float` (optional) is called after every epoch; its value (e.g. validation
-    mAP) goes into the history as `val_map`.
+    mAP) goes into the history as `val_map`. `world` (default: `current_world()`, one process unless
+    a process group is initialised) shards every batch across processes; rank 0 alone shows progress,
+    evaluates and writes checkpoints.
     """
 
     def __init__(self, config: BGANConfig, networks: BGANNetworks, data: TrainingData,
                  checkpoint_dir: str | Path | None = None, progress: bool = True,
-                 evaluate: Callable[[BGANNetworks], float] | None = None) -> None:
+                 evaluate: Callable[[BGANNetworks], float] | None = None, world: World | None = None) -> None:
         self.config = config
         self.networks = networks
-        self.data = data
+        self.world = world or current_world()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.progress = progress
+        self.progress = progress and self.world.is_main
         self.evaluate = evaluate
         self.device = torch.device(config.train.device)
+        self.world.check_device(self.device)
+        self.world.check_batches(len(data), config.train.batch_size)
+        self.world.broadcast_state(networks)  # one starting point, whatever each process initialised
+        self.data = data if not self.world.is_distributed else \
+            TrainingData(data.inputs, data.images, self.world.broadcast_csr(data.similarity))
+        # What train_step calls: the modules themselves in one process, DDP wrappers around them under torchrun.
+        self.project = self.world.wrap(_Projection(networks),  # a fine-tuned backbone's classifier is unused
+                                       find_unused_parameters=isinstance(networks.encoder, FinetuneEncoder))
+        self.generate = self.world.wrap(networks.generator) if networks.generator is not None else None
         self.encoder_parameters = [*networks.encoder.parameters(), *networks.hash_layer.parameters()]
         self.optimizers = {"encoder": make_optimizer(self.encoder_parameters, config)}
         if networks.generator is not None:
@@ -137,16 +166,18 @@ class Trainer:
             self.optimizers["generator"] = make_optimizer(self.generator_parameters, config)
         if networks.discriminator is not None and config.loss.use_adversarial:
             self.optimizers["discriminator"] = make_optimizer(list(networks.discriminator.parameters()), config)
+            self.discriminate = self.world.wrap(networks.discriminator)
         self.history: list[dict[str, Any]] = []
         self.next_stage = 0
 
     # ---- one mini-batch --------------------------------------------------------------------------
 
     def train_step(self, index: np.ndarray, beta: float) -> dict[str, float]:
-        """One discriminator, encoder and generator update on the training rows `index`."""
+        """One discriminator, encoder and generator update on the training rows `index` (the global
+        batch: each process computes its shard's rows; the per-row losses are shard means, weighted)."""
         loss_cfg, nets = self.config.loss, self.networks
-        inputs = self.data.inputs[index].to(self.device)
-        z = nets.project(inputs)
+        shard = self.world.shard(index)  # all of `index` in one process
+        z = shard.gather(self.project(self.data.inputs[shard.rows].to(self.device)))  # the whole batch's z
         codes = relax_sign(z, beta, loss_cfg.activation)
         stats: dict[str, float] = {"bit_balance": bit_balance(z.detach())}
         zero = z.new_zeros(())
@@ -155,19 +186,22 @@ class Trainer:
         loss_q = quantization_loss(z) if loss_cfg.quantization_weight > 0 else zero
         loss_c, loss_a = zero, zero
         if nets.generator is not None:
-            real = self.data.images[index].to(self.device)
-            fake = nets.generator(codes)
+            real = self.data.images[shard.rows].to(self.device)
+            fake = self.generate(shard.own(codes))
             if "discriminator" in self.optimizers:
-                stats.update(discriminator_step(nets, self.optimizers["discriminator"], real, fake))
+                stats.update(discriminator_step(self.discriminate, self.optimizers["discriminator"], real, fake,
+                                                shard.weight))
             loss_c, loss_a = self._reconstruction_losses(real, fake)
-        encoder_loss = loss_n + loss_cfg.quantization_weight * loss_q + loss_cfg.lambda_content * loss_c
+        encoder_loss = (loss_n + loss_cfg.quantization_weight * loss_q
+                        + loss_cfg.lambda_content * (shard.weight * loss_c))
         encoder_step(self.optimizers["encoder"], encoder_loss, self.encoder_parameters)
         if nets.generator is not None:
-            generator_loss = loss_cfg.lambda_content * loss_c + loss_cfg.lambda_adversarial * loss_a
+            generator_loss = shard.weight * (loss_cfg.lambda_content * loss_c + loss_cfg.lambda_adversarial * loss_a)
             generator_step(self.optimizers["generator"], generator_loss, self.generator_parameters)
         stats.update({"loss_n": loss_n.item(), "loss_q": loss_q.item(), "loss_c": loss_c.item(),
                       "loss_g": loss_a.item()})
-        return stats
+        # the discriminator's and reconstruction figures are this shard's means: make them the batch's
+        return {**stats, **shard.mean({k: v for k, v in stats.items() if k not in WHOLE_BATCH_STATS})}
 
     def _reconstruction_losses(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """l_C (pixel + perceptual MSE) and the generator's adversarial term, as configured."""
@@ -208,7 +242,9 @@ class Trainer:
                     self.history.append(self._run_epoch(stage, epoch, bar))
                 self.next_stage = stage + 1
                 if self.checkpoint_dir is not None:
-                    self.save_checkpoint(self.checkpoint_dir)
+                    if self.world.is_main:
+                        self.save_checkpoint(self.checkpoint_dir)
+                    self.world.barrier()  # nobody runs ahead of a checkpoint that is still being written
         self.networks.eval()
         return self.history
 
@@ -228,7 +264,7 @@ class Trainer:
         record["seconds"] = time.perf_counter() - started
         if self.evaluate is not None:
             self.networks.eval()
-            record["val_map"] = float(self.evaluate(self.networks))
+            record["val_map"] = self.world.from_main(lambda: self.evaluate(self.networks))
             self.networks.train()
         return record
 

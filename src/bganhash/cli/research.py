@@ -82,24 +82,34 @@ def baselines(dataset, data, features_path, backbone, image_size, seed, bits, me
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
 def train(dataset, data, features_path, backbone, image_size, seed, bits, preset, overrides, compare, out,
           resume, as_json) -> None:
-    """Train BGAN under the paper's protocol and score it (mAP@all) next to the baselines."""
+    """Train BGAN under the paper's protocol and score it (mAP@all) next to the baselines.
+
+    Under `torchrun --nproc_per_node=N -m bganhash train ...` the N processes train each model together
+    (DistributedDataParallel, every mini-batch split across them); rank 0 alone scores, writes and prints.
+    """
     from bganhash.bgan import BGANHasher
+    from bganhash.distributed import launched
     from bganhash.evaluation import ResultTable, fit_bgan, protocol_metadata, run_baselines, score_hasher, write_results
 
     features = feature_config(backbone, image_size)
-    protocol = prepare_for(dataset, data, features_path, features, seed)
     out = out or Path("runs") / f"bgan-{dataset}"
-    table = ResultTable(dataset=protocol.dataset.name, bits=list(bits), metadata=protocol_metadata(protocol, seed))
-    models = {}
-    for n_bits in bits:
-        run_dir = out / f"{n_bits}bit"
-        hasher = BGANHasher(n_bits, preset=preset, random_state=seed, feature_config=features, **overrides)
-        start = time.perf_counter()
-        fit_bgan(hasher, protocol, checkpoint_dir=run_dir / "checkpoints", resume=resume)
-        table.add("bgan", n_bits, score_hasher(hasher, protocol), time.perf_counter() - start)
-        models[n_bits] = str(hasher.save(run_dir / "model"))
-        click.echo(f"  BGAN {n_bits:>3} bits  mAP@all {table.scores['bgan'][n_bits]:.4f}  "
-                   f"({table.seconds['bgan'][n_bits]:.0f} s)", err=True)
+    with launched() as world:  # one process unless started by torchrun
+        with world.local_main_first():  # one process per machine extracts and caches the features, then the others
+            protocol = prepare_for(dataset, data, features_path, features, seed, progress=world.is_main)
+        table = ResultTable(dataset=protocol.dataset.name, bits=list(bits), metadata=protocol_metadata(protocol, seed))
+        models = {}
+        for n_bits in bits:
+            run_dir = out / f"{n_bits}bit"
+            hasher = BGANHasher(n_bits, preset=preset, random_state=seed, feature_config=features, **overrides)
+            start = time.perf_counter()
+            fit_bgan(hasher, protocol, checkpoint_dir=run_dir / "checkpoints", resume=resume, progress=world.is_main)
+            if world.is_main:
+                table.add("bgan", n_bits, score_hasher(hasher, protocol), time.perf_counter() - start)
+                models[n_bits] = str(hasher.save(run_dir / "model"))
+                click.echo(f"  BGAN {n_bits:>3} bits  mAP@all {table.scores['bgan'][n_bits]:.4f}  "
+                           f"({table.seconds['bgan'][n_bits]:.0f} s)", err=True)
+        if not world.is_main:
+            return
     baseline_table = run_baselines(protocol, bits, compare, seed=seed)
     for method in compare:
         for n_bits in bits:
@@ -112,11 +122,12 @@ def train(dataset, data, features_path, backbone, image_size, seed, bits, preset
     emit(document, as_json, table_markdown(table) + f"\n{models_text}\nResults: {md_path}")
 
 
-def prepare_for(dataset, data, features_path, features, seed):
+def prepare_for(dataset, data, features_path, features, seed, progress: bool = True):
     """The protocol data a research command works on (split, labels, features)."""
     from bganhash.evaluation import prepare_protocol
 
-    return prepare_protocol(dataset, data, features_path=features_path, feature_config=features, seed=seed)
+    return prepare_protocol(dataset, data, features_path=features_path, feature_config=features, seed=seed,
+                            progress=progress)
 
 
 @click.command()
