@@ -19,9 +19,9 @@ from bganhash._validation import InputError
 from bganhash.cli._common import CleanErrors
 from bganhash.cli.reproduce import reproduce
 from bganhash.datasets import load_dataset, protocol_split
+from bganhash.report import Document
 from bganhash.reproduce import (
     EXPERIMENTS,
-    Document,
     ReproduceSettings,
     build_plan,
     decode_array,
@@ -236,6 +236,7 @@ def test_cifar10_layout_puts_the_papers_numbers_beside_ours(tmp_path, rng):
     for row, values in paper.TABLE5.items():
         assert f"| {row} (paper) | {values[paper.PAPER_BITS.index(24)]:.3f} |" in report
     assert "– (codes collapse)" in report and paper.TABLE6["BGAN"]["training"] in report
+    assert "one training run of the full model each, trained " in report and " thread each." in report
     ours = json.loads((out / "results.json").read_text())["tables"]["table3"]["ours"]["itq"]["24"]
     assert f"| ITQ (ours) | {ours:.3f} |" in report
 

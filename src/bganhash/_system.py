@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+from pathlib import Path
 
 
 THREADS_VARIABLE = "BGANHASH_NUM_THREADS"  # caps the threads bganhash's own parallel code uses
@@ -21,3 +23,21 @@ def usable_cpus() -> int:
             raise ValueError(f"${THREADS_VARIABLE}={cap!r}: expected a positive whole number of threads")
         cores = min(cores, int(cap))
     return cores
+
+
+def machine_description() -> str:
+    """CPU model, cores and torch threads (and the GPU when CUDA is available)."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{model}, {usable_cpus()} CPU cores, torch {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text

@@ -13,7 +13,7 @@ import numpy as np
 
 from bganhash import paper
 from bganhash._io import write_json, write_text
-from bganhash._system import usable_cpus
+from bganhash._system import machine_description
 from bganhash._validation import InputError
 
 RANKING_RULE = "Hamming distance, ties broken by database order"
@@ -176,7 +176,7 @@ def protocol_metadata(data: ProtocolData, seed: int) -> dict:
         "features": data.feature_source,
         "data": str(getattr(data.dataset, "root", None)),
         "bganhash": bganhash.__version__,
-        "machine": f"{platform.machine()}, {usable_cpus()} CPU cores, Python {platform.python_version()}",
+        "machine": f"{machine_description()}, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
     }
 
