@@ -46,6 +46,27 @@ def test_random_state_and_overrides_reach_the_config():
         BGANHasher(16, learning_rate=0.1).resolved_config()
 
 
+def test_knn_method_and_nprobe_reach_the_neighbourhood(monkeypatch):
+    from bganhash import neighborhood
+
+    seen = {}
+    original = neighborhood.neighborhood_structure
+
+    def spy(features, k1, k2, **options):
+        seen.update(options)
+        return original(features, k1, k2, **{**options, "knn_method": "exact"})
+
+    monkeypatch.setattr(neighborhood, "neighborhood_structure", spy)
+    X, _, _ = _data()
+    BGANHasher(8, preset="cpu", use_content=False, use_adversarial=False, knn_method="ivf", nprobe=4,
+               **TINY).fit(X, progress=False)
+    assert seen == {"knn_method": "ivf", "nprobe": 4, "progress": False}
+    with pytest.raises(InputError, match="knn_method"):
+        BGANHasher(8, knn_method="annoy").resolved_config()
+    with pytest.raises(InputError, match="nprobe"):
+        BGANHasher(8, nprobe=0).resolved_config()
+
+
 def test_same_seed_same_codes():
     X, images, _ = _data()
     codes = [BGANHasher(8, preset="cpu", random_state=1, **TINY).fit(X, images=images, progress=False).encode(X)

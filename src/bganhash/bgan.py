@@ -141,7 +141,7 @@ class BGANHasher(Hasher):
                                                                             config.network.max_image_size)
             targets = images_to_tensor(images, check_image_size(image_size))
         inputs, centre = fit_input_transform(X, config.neighborhood.feature_transform)
-        similarity = self._similarity(inputs, neighborhood, labels, config)
+        similarity = self._similarity(inputs, neighborhood, labels, config, progress)
         torch.manual_seed(config.train.seed)
         networks = self._build_networks(config, X.shape[1], image_size or 8, pretrained=True)
         networks.to(config.train.device)
@@ -156,7 +156,8 @@ class BGANHasher(Hasher):
         self.n_features_in_ = int(X.shape[1])
         return self
 
-    def _similarity(self, inputs: np.ndarray, neighborhood: Any, labels: Any, config: BGANConfig):
+    def _similarity(self, inputs: np.ndarray, neighborhood: Any, labels: Any, config: BGANConfig,
+                    progress: bool = False):
         """S's positives, as an (n, n) boolean CSR matrix."""
         from bganhash.neighborhood import label_neighborhood, neighborhood_structure
 
@@ -171,7 +172,8 @@ class BGANHasher(Hasher):
                 raise InputError("supervised=True builds S from labels: pass labels=(n,) class ids to fit")
             return label_neighborhood(labels)
         k1, k2 = min(config.neighborhood.k1, n - 1), min(config.neighborhood.k2, n)
-        return neighborhood_structure(inputs, k1=k1, k2=k2)
+        return neighborhood_structure(inputs, k1=k1, k2=k2, knn_method=config.neighborhood.knn_method,
+                                      nprobe=config.neighborhood.nprobe, progress=progress)
 
     def _build_networks(self, config: BGANConfig, n_features: int, image_size: int, pretrained: bool) -> BGANNetworks:
         backbone, input_size = None, 224

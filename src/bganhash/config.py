@@ -90,11 +90,19 @@ class NeighborhoodConfig(_JsonConfig):
     # input: validation mAP 0.405 against 0.395 ("none") and 0.377 ("l2") (32 bits, l_N only).
     feature_transform: str = "sqrt_l2_center"
     supervised: bool = False  # build S from labels (BGAN_s of Table 5) instead of Algorithm 1
+    # The cosine K-NN: "auto" is exact up to 60,000 training images and faiss IVF (approximate, for
+    # millions) above; nprobe = inverted lists searched per image by IVF (recall in BENCHMARKS.md).
+    knn_method: str = "auto"
+    nprobe: int = 16
 
     def validate(self) -> None:
+        from bganhash.neighborhood import KNN_METHODS
+
         _check_int(self.k1, "k1", 1)
         _check_int(self.k2, "k2", 1)
         _check_choice(self.feature_transform, "feature_transform", FEATURE_TRANSFORMS)
+        _check_choice(self.knn_method, "knn_method", KNN_METHODS)
+        _check_int(self.nprobe, "nprobe", 1)
         if not isinstance(self.supervised, bool):
             raise InputError(f"supervised={self.supervised!r} must be true or false")
 
