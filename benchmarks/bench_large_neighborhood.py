@@ -10,7 +10,8 @@ K-NN sees them (sqrt_l2_center), projected on their top `--dim` principal compon
 replicated with Gaussian noise to N rows (each source image about N / 60,000 times): clustered like
 real features, and small enough that 1,000,000 rows (1 GB at 256-d) leave room for S in 8 GB.
 Without the cache, clustered Gaussian features of the same shape stand in (said in the output).
-Each size runs in a fresh child process, so its peak RSS (ru_maxrss) is that run's, input included.
+The source rows are made once; each size then runs in a fresh child process, so its peak RSS
+(VmHWM) is that run's: the interpreter, the N input rows, the faiss index, the lists and S.
 Writes benchmarks/results/large_neighborhood.json.
 """
 
@@ -22,6 +23,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -68,9 +70,19 @@ def replicate(source: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def child_run(n: int, k1: int, k2: int, dim: int, nprobe: int) -> None:
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark (VmHWM: unlike ru_maxrss, not inherited from the
+    parent across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_run(source_path: Path, n: int, k1: int, k2: int, nprobe: int) -> None:
     """Measure one size in this (fresh) process; print one JSON line."""
-    source, description = source_features(dim)
+    source = np.load(source_path)
+    dim, description = source.shape[1], source_path.with_suffix(".txt").read_text()
     features = replicate(source, n)
     del source
     started = time.perf_counter()
@@ -79,7 +91,7 @@ def child_run(n: int, k1: int, k2: int, dim: int, nprobe: int) -> None:
     started = time.perf_counter()
     S = expand_neighborhood(knn, k2)
     expand_s = time.perf_counter() - started
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     recall = estimate_knn_recall(features, knn, n_sample=1000)
     print(json.dumps({
         "n": n, "k1": k1, "k2": k2, "dim": dim, "nprobe": nprobe, "features": description,
@@ -91,12 +103,12 @@ def child_run(n: int, k1: int, k2: int, dim: int, nprobe: int) -> None:
     }))  # fmt: skip
 
 
-def measure(n: int, k1: int, k2: int, dim: int, nprobe: int) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", str(n), "--k1", str(k1), "--k2", str(k2), "--dim", str(dim),
-               "--nprobe", str(nprobe)]
+def measure(source_path: Path, n: int, k1: int, k2: int, nprobe: int) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", str(n), "--source", str(source_path), "--k1", str(k1),
+               "--k2", str(k2), "--nprobe", str(nprobe)]
     completed = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
     row = json.loads(completed.stdout.splitlines()[-1])
-    print(f"[N={n:,}, d={dim}, nprobe={nprobe}] K-NN {row['knn_s']:.1f} s (recall {row['knn_recall']:.3f}), "
+    print(f"[N={n:,}, d={row['dim']}, nprobe={nprobe}] K-NN {row['knn_s']:.1f} s (recall {row['knn_recall']:.3f}), "
           f"expansion {row['expand_s']:.1f} s, total {row['total_s']:.1f} s; peak RSS {row['rss_peak_mb']:,.0f} MB "
           f"(input {row['input_features_mb']:,.0f} MB, S {row['S_mb']:,.0f} MB); "
           f"{row['positives_per_image']:.0f} positives/image", flush=True)
@@ -112,11 +124,18 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--source", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child_run(args.child, args.k1, args.k2, args.dim, args.nprobe[0])
+        child_run(args.source, args.child, args.k1, args.k2, args.nprobe[0])
         return
-    rows = [measure(n, args.k1, args.k2, args.dim, nprobe) for n in args.sizes for nprobe in args.nprobe]
+    with tempfile.TemporaryDirectory() as folder:  # the source rows, made once, so no child pays for them
+        source, description = source_features(args.dim)
+        source_path = Path(folder) / "source.npy"
+        np.save(source_path, source)
+        source_path.with_suffix(".txt").write_text(description)
+        del source
+        rows = [measure(source_path, n, args.k1, args.k2, nprobe) for n in args.sizes for nprobe in args.nprobe]
     write_json(args.out, {
         "command": "python benchmarks/" + " ".join([Path(__file__).name, *sys.argv[1:]]),
         "machine": f"{os.cpu_count()} CPU cores", "load_average_at_end": list(os.getloadavg()),
