@@ -315,11 +315,11 @@ def test_estimate_knn_recall_scores_exact_lists_one_and_random_lists_low(rng):
 
 def test_self_first_drops_missing_and_self_and_reports_short_rows():
     found = np.array([[5, 7, 9], [7, 6, 8], [-1, 4, 7]])  # row 5: self first; row 6: self second; row 7: short
-    out = np.zeros((3, 3), dtype=np.int64)
-    short = neighborhood._self_first(found, 5, out)
-    np.testing.assert_array_equal(short, [2])
-    np.testing.assert_array_equal(out[:2], [[5, 7, 9], [6, 7, 8]])
-    np.testing.assert_array_equal(neighborhood._self_first_rows(np.array([[7, 4, 1]]), np.array([7]), 2), [[7, 4, 1]])
+    out = np.zeros((9, 3), dtype=np.int64)
+    short = neighborhood._self_first(found, np.array([5, 6, 7]), out)
+    np.testing.assert_array_equal(short, [7])
+    np.testing.assert_array_equal(out[5:7], [[5, 7, 9], [6, 7, 8]])
+    assert not out[7].any()
 
 
 def test_knn_cosine_rejects_an_unknown_method(rng):

@@ -218,7 +218,11 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
 
 
 def _knn_ivf(unit: np.ndarray, k: int, nprobe: int, progress: bool) -> np.ndarray:
-    """K-NN by faiss IndexIVFFlat on inner products of unit rows (= cosine), own index put first."""
+    """K-NN by faiss IndexIVFFlat on inner products of unit rows (= cosine), own index put first.
+
+    Rows are searched list by list (in the order of the inverted lists they were filed in), so that
+    consecutive queries probe nearly the same lists and find them in cache.
+    """
     faiss = _import_faiss()
     from tqdm.auto import tqdm
 
@@ -235,40 +239,37 @@ def _knn_ivf(unit: np.ndarray, k: int, nprobe: int, progress: bool) -> np.ndarra
     index.nprobe = min(nprobe, n_lists)
     lists = np.empty((n, k + 1), dtype=np.int64)
     with tqdm(total=n, desc="K-NN (faiss IVF)", unit="rows", disable=not progress, file=sys.stderr) as bar:
+        order = _list_order(faiss, index)
         for start in range(0, n, _IVF_QUERY_BLOCK):
-            stop = min(n, start + _IVF_QUERY_BLOCK)
-            _, found = index.search(unit[start:stop], k + 1)
-            short = _self_first(found, start, lists[start:stop])
+            rows = order[start : start + _IVF_QUERY_BLOCK]
+            _, found = index.search(unit[rows], k + 1)
+            short = _self_first(found, rows, lists)
             if short.size:  # too few candidates in the probed lists: search those rows exhaustively
                 params = faiss.SearchParametersIVF(nprobe=n_lists)
-                _, found = index.search(unit[start + short], k + 1, params=params)
-                lists[start + short] = _self_first_rows(found, start + short, k)
-            bar.update(stop - start)
+                _, found = index.search(unit[short], k + 1, params=params)
+                if _self_first(found, short, lists).size:
+                    raise RuntimeError(f"faiss found fewer than k={k} neighbours of row {short[0]}")
+            bar.update(rows.shape[0])
     return lists
 
 
-def _self_first(found: np.ndarray, first_row: int, out: np.ndarray) -> np.ndarray:
-    """Fill `out` with each row's own index then its first k others from `found` (faiss's -1 and the
-    row itself dropped); returns the positions of rows with fewer than k others, left unfilled."""
-    rows = np.arange(first_row, first_row + found.shape[0])
+def _list_order(faiss, index) -> np.ndarray:
+    """Every row id, grouped by the inverted list it was filed in."""
+    lists = index.invlists
+    return np.concatenate([faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                           for i in range(lists.nlist) if lists.list_size(i)]).astype(np.int64)
+
+
+def _self_first(found: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Set out[rows] to each row's own index then its first k others in `found` (faiss's -1 and the
+    row itself dropped); returns the rows with fewer than k others, whose lines are left unset."""
     k = out.shape[1] - 1
     others = (found != rows[:, None]) & (found >= 0)
     others &= np.cumsum(others, axis=1) <= k
     complete = others.sum(axis=1) == k
-    out[complete, 0] = rows[complete]
-    out[complete, 1:] = found[complete][others[complete]].reshape(-1, k)
-    return np.flatnonzero(~complete)
-
-
-def _self_first_rows(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """`_self_first` for rows that are not consecutive."""
-    out = np.empty((rows.shape[0], k + 1), dtype=np.int64)
-    for position, row in enumerate(rows):
-        others = [j for j in found[position] if j >= 0 and j != row][:k]
-        if len(others) < k:
-            raise RuntimeError(f"faiss found {len(others)} neighbours of row {row}, fewer than k={k}")
-        out[position] = [row, *others]
-    return out
+    out[rows[complete], 0] = rows[complete]
+    out[rows[complete], 1:] = found[complete][others[complete]].reshape(-1, k)
+    return rows[~complete]
 
 
 def _import_faiss():
