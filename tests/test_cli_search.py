@@ -143,3 +143,33 @@ def test_serve_binds_to_loopback_unless_told_otherwise(cli):
     result = run(cli, "serve", "--help")
     assert result.exit_code == 0 and "127.0.0.1" in result.stdout
     assert serve.params[[p.name for p in serve.params].index("host")].default == "127.0.0.1"
+
+
+def test_index_with_a_backend_and_search_uses_what_the_index_holds(cli, photos, tmp_path):
+    pytest.importorskip("faiss")
+    out = tmp_path / "graph.index"
+    built = run(cli, "index", photos, "--out", out, *FAST, "--backend", "hnsw:8", "--json")
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["backend"] == "hnsw:8,ef=128,efc=200"
+    result = run(cli, "search", out, photos / "trip" / "img04.jpg", "-k", "3", "--json")
+    document = json.loads(result.stdout)
+    assert document["backend"] == "hnsw:8,ef=128,efc=200"
+    assert document["queries"][0]["results"][0]["path"] == "trip/img04.jpg"
+
+
+@pytest.mark.parametrize("backend, message", [
+    ("annoy", "unknown kind 'annoy'"),
+    ("hnsw:x", "whole number M >= 2"),
+    ("hnsw:32,ef=0", "ef=0 must be a whole number >= 1"),
+    ("mih:4,depth=2", "mih has no option 'depth'"),
+])  # fmt: skip
+def test_a_malformed_backend_is_a_one_line_error_with_exit_code_2(cli, photos, tmp_path, backend, message):
+    result = run(cli, "index", photos, "--out", tmp_path / "x.index", *FAST, "--backend", backend)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: ") and message in result.stderr
+    assert not (tmp_path / "x.index").exists()
+
+
+def test_index_help_names_the_backends(cli):
+    result = run(cli, "index", "--help")
+    assert result.exit_code == 0 and "--backend" in result.stdout and "hnsw:32" in result.stdout

@@ -453,3 +453,47 @@ def test_a_first_build_killed_mid_write_can_simply_be_run_again(photos, tmp_path
     summary = build(photos, out)
     assert summary.generation == 1 and summary.n_images == 40
     assert_only_referenced_files(out)
+
+
+def build_with_backend(photos: Path, out: Path, backend: str | None, **kwargs) -> object:
+    config = BuildConfig(method="lsh", n_bits=N_BITS, thumbnail_size=24, backend=backend)
+    return build_collection(photos, out, config=config, feature_config=FEATURES, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(("backend", "canonical"),
+                         [("hnsw:8,ef=32", "hnsw:8,ef=32,efc=200"), ("mih:2", "mih:2,nflip=1")])
+def test_an_approximate_backend_is_saved_with_the_index_and_kept_by_updates(photos, tmp_path, backend, canonical):
+    pytest.importorskip("faiss")
+    out = tmp_path / "graph.index"
+    assert build_with_backend(photos, out, backend).backend == canonical
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["backend"] == canonical and manifest["index"] in manifest["files"]
+    with Collection.load(out) as collection:
+        assert collection.backend == canonical and collection.index.backend == canonical
+        first = int(collection.ids[5])
+        assert collection.search_ids([first], k=3)[0][0].id == first
+    (photos / "odd" / "0001.png").unlink()
+    assert build_with_backend(photos, out, None, update=True).backend == canonical  # an update keeps it
+    with Collection.load(out) as collection:
+        assert collection.index.backend == canonical and collection.index.ntotal == 39
+    build_with_backend(photos, out, "flat", update=True)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["backend"] == "flat" and "index" not in manifest
+    assert_only_referenced_files(out)  # the graph of the previous generation is gone
+
+
+def test_a_version_1_manifest_without_a_backend_loads_as_flat(copied):
+    photos, out = copied
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    del manifest["backend"]
+    (out / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
+    with Collection.load(out) as collection:
+        assert collection.backend == "flat" and collection.index.exact
+        assert len(collection.search_ids([int(collection.ids[0])], k=5)[0]) == 5
+    assert build(photos, out, update=True).backend == "flat"
+
+
+def test_a_malformed_backend_is_refused_before_any_work(photos, tmp_path):
+    with pytest.raises(InputError, match="unknown kind 'annoy'"):
+        build_with_backend(photos, tmp_path / "x.index", "annoy")
+    assert not (tmp_path / "x.index").exists()

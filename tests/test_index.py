@@ -13,7 +13,8 @@ from bganhash.codes import pack_codes
 from bganhash.index import MISSING_DISTANCE, Index
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu is not installed")
-BACKENDS = ["flat", pytest.param("faiss", marks=needs_faiss)]
+# the numpy engine, the default (faiss's IndexBinaryFlat when installed), and faiss by its pre-backend-string name
+BACKENDS = ["flat,engine=numpy", "flat", pytest.param("faiss", marks=needs_faiss)]
 
 
 def brute_force_search(query_codes, database_codes, ids, k):
@@ -55,7 +56,7 @@ def test_faiss_and_flat_agree_on_heavy_ties(rng, k):
     # 8 bits over 3,000 codes: every distance is shared by hundreds of items.
     database, queries = random_codes(rng, 3000, 8), random_codes(rng, 40, 8)
     results = []
-    for backend in ("flat", "faiss"):
+    for backend in ("flat,engine=numpy", "faiss"):
         index = Index(8, backend=backend)
         index.add(database)
         results.append(index.search(queries, k))
@@ -144,7 +145,7 @@ def test_save_load_search_identity(tmp_path, rng, backend, n_bits):
     path = tmp_path / "codes.bgidx"
     index.save(path)
     loaded = Index.load(path)
-    assert (loaded.n_bits, loaded.backend, loaded.ntotal) == (n_bits, backend, 50)
+    assert (loaded.n_bits, loaded.backend, loaded.ntotal) == (n_bits, "flat", 50)  # the engine is not stored
     np.testing.assert_array_equal(loaded.ids, index.ids)
     for got, want in zip(loaded.search(queries, 9), index.search(queries, 9)):
         np.testing.assert_array_equal(got, want)
@@ -168,7 +169,7 @@ def saved_index(tmp_path, rng):
         (lambda data: data + b"\0", "trailing bytes"),
         (lambda data: b"PK\x03\x04" + data[4:], "not a bganhash index file"),
         (lambda data: b"{}", "not a bganhash index file"),
-        (lambda data: data[:8] + (2).to_bytes(4, "little") + data[12:], "format version 2"),
+        (lambda data: data[:8] + (3).to_bytes(4, "little") + data[12:], "format version 3"),
         (lambda data: data[:40] + bytes([data[40] ^ 1]) + data[41:], "checksum"),
     ],
 )
@@ -185,7 +186,7 @@ def test_load_refuses_a_missing_file(tmp_path):
 
 
 def test_unknown_backend_and_missing_faiss_are_clear_errors(monkeypatch):
-    with pytest.raises(InputError, match="'annoy' is not one of"):
+    with pytest.raises(InputError, match="unknown kind 'annoy'"):
         Index(16, backend="annoy")
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(InputError, match="pip install faiss-cpu"):

@@ -25,6 +25,8 @@ Result = TypeVar("Result")
 _BLOCK_ELEMENTS = 1 << 21
 # Queries ranked together inside a block: their uint64 scratch and int64 ranking fit in L2.
 ROWS_PER_SORT = 4
+# `nearest` selects (instead of ranking whole rows) when it wants at most this share of the database.
+SELECTION_MAX_SHARE = 1 / 8
 
 
 def to_bits(codes: Any, name: str = "codes") -> np.ndarray:
@@ -146,17 +148,40 @@ def nearest(
     """The `depth` nearest database items of each query: (distances int32, indices int64), ties by index."""
     distances = np.empty((query_words.shape[0], depth), np.int32)
     order = np.empty((query_words.shape[0], depth), np.int64)
+    shallow = depth <= SELECTION_MAX_SHARE * database_planes.shape[1]
 
     def rank_block(start: int, stop: int) -> None:
         # A few rows at a time, so distances and ranking stay in cache.
         for first in range(start, stop, ROWS_PER_SORT):
             rows = slice(first, min(first + ROWS_PER_SORT, stop))
             block = distance_block(query_words[rows], database_planes, dtype)
-            order[rows] = stable_ranking(block)[:, :depth]
+            if shallow:
+                order[rows] = [smallest_in_order(row, depth) for row in block]
+            else:
+                order[rows] = stable_ranking(block)[:, :depth]
             distances[rows] = np.take_along_axis(block, order[rows], axis=1)
 
     map_query_blocks(rank_block, query_words.shape[0], database_planes.shape[1])
     return distances, order
+
+
+def smallest_in_order(row: np.ndarray, depth: int) -> np.ndarray:
+    """Indices of the `depth` smallest of a row of (integer) distances, by (distance, index).
+
+    Selection instead of sorting: the depth-th smallest distance t is found by bisection on counts
+    (a few passes of a comparison over the row), then the items below t and the first items at t are
+    the answer, in index order, ranked by a stable sort of only `depth` values.
+    """
+    low, high = int(row.min()), int(row.max())
+    while low < high:
+        middle = (low + high) // 2
+        if np.count_nonzero(row <= middle) >= depth:
+            high = middle
+        else:
+            low = middle + 1
+    below = np.flatnonzero(row < low)
+    picked = np.concatenate([below, np.flatnonzero(row == low)[: depth - below.size]])
+    return picked[np.argsort(row[picked], kind="stable")]
 
 
 def map_query_blocks(

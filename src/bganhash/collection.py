@@ -5,6 +5,7 @@ Layout of `my.index/` (every file immutable once written, named by the generatio
     manifest.json             the pointer: format, version, generation, and the sha256 of every file below
     model-000001/             the saved hasher (JSON + safetensors)
     codes-000002.safetensors  packed codes and their ids
+    index-000002.bgidx        with an approximate backend (hnsw, mih): the saved bganhash.Index, graph included
     items-000002.json         id -> path relative to the collection root, a change stamp, thumbnail location
     thumbs-000001.bin         JPEG thumbnails, concatenated (one segment per generation that added images)
     report-000002.json        files that could not be read, and what the update changed
@@ -12,6 +13,9 @@ Layout of `my.index/` (every file immutable once written, named by the generatio
 An update writes the files of a new generation beside the old ones, then replaces manifest.json in one
 atomic rename: a process killed at any point leaves the previous complete version loadable. Files no
 manifest refers to are deleted by the next successful write.
+
+The manifest names the search backend ("flat", exact, unless the index was built with e.g. "hnsw:32"; format
+version 1 had no backend and is read as "flat").
 """
 
 from __future__ import annotations
@@ -41,12 +45,12 @@ if TYPE_CHECKING:
     from bganhash.hashers import Hasher
 
 FORMAT_NAME = "bganhash-collection"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest names the search backend, and may list an index-NNNNNN.bgidx
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
 METHODS = ("bgan", "itq", "lsh", "pcah", "sh", "sph")
 PAUSE_AFTER_ENV = "BGANHASH_PAUSE_AFTER_FILES"  # crash-safety tests: stall a write after this many files
-_GENERATION_FILE = re.compile(r"^(model|codes|items|thumbs|report)-(\d{6})(\.[a-z]+)?$")
+_GENERATION_FILE = re.compile(r"^(model|codes|items|thumbs|report|index)-(\d{6})(\.[a-z]+)?$")
 _THUMBNAIL_QUALITY = 85
 _HASH_CHUNK = 1 << 20
 
@@ -61,10 +65,16 @@ class BuildConfig:
     thumbnail_size: int = 128
     seed: int = 0
     hasher_params: dict[str, Any] = field(default_factory=dict)  # e.g. BGAN overrides {"epochs_per_stage": 2}
+    # the search backend, e.g. "hnsw:32"; None: "flat" for a new index, the index's own for an update
+    backend: str | None = None
 
     def validate(self) -> BuildConfig:
+        from bganhash.index import parse_backend
+
         if self.method not in METHODS:
             raise InputError(f"method={self.method!r} must be one of {METHODS}")
+        if self.backend is not None:
+            parse_backend(self.backend)
         check_positive_int(self.n_bits, "n_bits")
         check_positive_int(self.max_train, "max_train", minimum=2)
         check_positive_int(self.thumbnail_size, "thumbnail_size", minimum=16)
@@ -85,6 +95,7 @@ class BuildSummary:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     trained: bool = False
     seconds: float = 0.0
+    backend: str = "flat"
 
     def to_dict(self) -> dict[str, Any]:
         document = dataclasses.asdict(self)
@@ -187,7 +198,7 @@ class Collection:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], items: dict[str, Any], codes: np.ndarray,
-                 ids: np.ndarray, hasher: Any) -> None:
+                 ids: np.ndarray, hasher: Any, index: Any = None) -> None:
         from bganhash.features import FeatureConfig
         from bganhash.index import Index
 
@@ -209,8 +220,11 @@ class Collection:
         if not all(isinstance(name, str) and _GENERATION_FILE.match(name) for name in items["segments"]):
             raise InputError(f"{path / manifest['items']} is corrupted: it names files that are not the index's own")
         self._segment_fds = [os.open(path / name, os.O_RDONLY) for name in items["segments"]]
-        self.index = Index(self.n_bits, backend=_fastest_backend())
-        self.index.add_packed(codes, ids)
+        self.backend = manifest.get("backend", "flat")
+        if index is None:
+            index = Index(self.n_bits, backend=self.backend)
+            index.add_packed(codes, ids)
+        self.index = index
         self._backbone = None
 
     @classmethod
@@ -227,7 +241,14 @@ class Collection:
         if codes is None or ids is None or lengths != {len(ids)} or len(codes) != len(ids):
             raise InputError(f"{directory} is inconsistent: codes, ids, paths and thumbnails differ in length")
         hasher = load_hasher(directory / manifest["model"], manifest["method"])
-        return cls(directory, manifest, items, codes, ids.astype(np.int64), hasher)
+        index = None
+        if manifest.get("index"):
+            from bganhash.index import Index
+
+            index = Index.load(directory / manifest["index"])
+            if index.n_bits != int(manifest["n_bits"]) or not np.array_equal(index.ids, ids):
+                raise InputError(f"{directory} is inconsistent: {manifest['index']} does not hold the codes' ids")
+        return cls(directory, manifest, items, codes, ids.astype(np.int64), hasher, index)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -336,15 +357,6 @@ class Collection:
         return _read_json(self.path / self.manifest["report"])
 
 
-def _fastest_backend() -> str:
-    """faiss when it is installed (the same results as numpy, faster), else the numpy backend."""
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return "flat"
-    return "faiss"
-
-
 def read_manifest(directory: Path) -> dict[str, Any]:
     """The manifest of index directory `directory`, checked for our format and a readable version."""
     path = directory / MANIFEST_FILE
@@ -356,7 +368,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     missing = [key for key in required if key not in manifest]
     if missing or not isinstance(manifest["files"], dict):
         raise InputError(f"{path} is corrupted: it lacks {missing or ['files']}")
-    names = [manifest[key] for key in ("model", "codes", "items", "report")]
+    names = [manifest[key] for key in ("model", "codes", "items", "report", "index") if key in manifest]
     if not all(isinstance(name, str) and _GENERATION_FILE.match(name) for name in names) or not all(
             isinstance(entry, dict) and _GENERATION_FILE.match(_top_name(name))
             for name, entry in manifest["files"].items()):
@@ -444,13 +456,17 @@ def build_collection(
                 raise InputError(f"none of the {len(members)} image files in {source} could be read"
                                  if members else f"no image files found in {source}")
             state = previous or _fresh_state(root, model, feature_config)
+            if config.backend is not None:
+                from bganhash.index import parse_backend
+
+                state.backend = str(parse_backend(config.backend))
             features = None if dataset is None else extract_features(dataset, state.feature_config, progress=progress)
             trained = state.hasher is None
             if trained:
                 state.hasher = _train_hasher(dataset, features, state, config, progress)
             summary = BuildSummary(path=str(out), generation=state.generation + 1, n_images=0, added=0, removed=0,
                                    unchanged=len(kept_rows), unreadable=[(str(p), str(r)) for p, r in unreadable],
-                                   trained=trained)
+                                   trained=trained, backend=state.backend)
             _write_generation(out, state, kept_rows, dataset, _encode(features, state), stamp_of, summary, config,
                               new_model=previous is None, started=start)
     except BaseException:
@@ -483,6 +499,7 @@ class _State:
     stamps: list[str] = field(default_factory=list)
     thumbnails: list[list[int]] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
+    backend: str = "flat"
 
 
 def _previous_state(out: Path, root: Path, update: bool, model: Any) -> _State | None:
@@ -507,6 +524,7 @@ def _previous_state(out: Path, root: Path, update: bool, model: Any) -> _State |
             model_name=manifest["model"], created=manifest.get("created"), files=manifest["files"],
             ids=collection.ids, codes=collection.codes, paths=list(items["paths"]), stamps=list(items["stamps"]),
             thumbnails=[list(t) for t in items["thumbnails"]], segments=list(items["segments"]),
+            backend=collection.backend,
         )
     finally:
         collection.close()
@@ -632,6 +650,15 @@ def _write_generation(out: Path, state: _State, kept_rows: np.ndarray, dataset: 
     with atomic_write(out / names["codes"]) as handle:
         handle.write(safetensors.numpy.save({"codes": codes, "ids": ids.astype(np.int64)}))
     after_file()
+    if state.backend != "flat":  # an approximate backend's structure is built once here, not at every load
+        from bganhash.index import Index
+
+        index = Index(int(state.n_bits), state.backend)
+        index.add_packed(codes, ids.astype(np.int64))
+        names["index"] = f"index-{generation:06d}.bgidx"
+        index.save(out / names["index"])
+        del index
+        after_file()
     write_json(out / names["items"], {
         "paths": [state.paths[r] for r in kept_rows] + members,
         "stamps": [state.stamps[r] for r in kept_rows] + [stamp_of[m] for m in members],
@@ -679,6 +706,7 @@ def _manifest(state: _State, generation: int, names: dict[str, str], files: dict
         "method": state.method,
         "feature_config": dataclasses.asdict(state.feature_config),
         "model": state.model_name,
+        "backend": state.backend,
         **names,
         "files": files,
     }

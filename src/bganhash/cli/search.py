@@ -30,22 +30,29 @@ _QUERY_BATCH = 64
 @click.option("--thumbnail-size", type=click.IntRange(16, 1024), default=128, show_default=True,
               help="Longest side of the stored thumbnails.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the training.")
+@click.option("--backend", default=None, metavar="SPEC",
+              help='Search structure: "flat" (exact; the default for a new index), "hnsw:32" (a graph with 32 links '
+                   'per image: approximate, and worth it only for very large collections; "hnsw:32,ef=256" '
+                   'searches more thoroughly) or "mih:4" (4 hash tables; "mih:4,nflip=2" probes further). '
+                   "--update keeps the index's own unless this is given.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index(photos, out, update, model, method, bits, max_train, backbone, image_size, thumbnail_size, seed,
-          as_json) -> None:
+          backend, as_json) -> None:
     """Index the images of folder or zip PHOTOS into one directory: model, codes, paths, thumbnails.
 
     Method, bits and backbone apply to a new index; --update keeps the index's own model.
     """
     from bganhash.collection import BuildConfig, build_collection
 
-    config = BuildConfig(method=method, n_bits=bits, max_train=max_train, thumbnail_size=thumbnail_size, seed=seed)
+    config = BuildConfig(method=method, n_bits=bits, max_train=max_train, thumbnail_size=thumbnail_size, seed=seed,
+                         backend=backend).validate()  # a bad --backend fails here, before any work
     features = feature_config(backbone, image_size) if backbone or image_size else None  # None: the model's own
     summary = build_collection(photos, out, model=model, config=config, update=update, feature_config=features)
     unreadable = "".join(f"\n  unreadable: {path} ({reason})" for path, reason in summary.unreadable[:10])
     more = len(summary.unreadable) - 10
     text = (f"{out}: {summary.n_images} images ({summary.added} added, {summary.removed} removed, "
             f"{summary.unchanged} unchanged) in {summary.seconds:.1f} s; "
+            + (f"backend {summary.backend}; " if summary.backend != "flat" else "") +
             f"{len(summary.unreadable)} unreadable file(s)" + unreadable + (f"\n  ... and {more} more" if more > 0 else "")
             + (f"\n  the full list is in {out}/report-{summary.generation:06d}.json" if summary.unreadable else ""))
     emit(summary.to_dict(), as_json, text)
@@ -57,17 +64,21 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
 @click.option("-k", "k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Results per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def search(index_dir, query, k, as_json) -> None:
-    """Find the K images of INDEX_DIR nearest to QUERY (an image, or a folder of images: each is searched)."""
+    """Find the K images of INDEX_DIR nearest to QUERY (an image, or a folder of images: each is searched).
+
+    The search uses the backend the index was built with (exact for "flat", approximate for hnsw and mih).
+    """
     from bganhash.collection import Collection
 
     queries, skipped = _query_images(query)
     with Collection.load(index_dir) as collection:
+        backend = collection.backend
         found = []
         for start in range(0, len(queries), _QUERY_BATCH):
             batch = queries[start:start + _QUERY_BATCH]
             matches = collection.search_images([image for _, image in batch], k)
             found += [(name, rows) for (name, _), rows in zip(batch, matches)]
-    document = {"index": str(index_dir), "k": k,
+    document = {"index": str(index_dir), "backend": backend, "k": k,
                 "queries": [{"query": name, "results": [m.to_dict() for m in rows]} for name, rows in found],
                 "skipped": [{"query": name, "reason": reason} for name, reason in skipped]}
     lines = []
