@@ -35,6 +35,7 @@ import functools
 import hashlib
 import os
 import struct
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -321,7 +322,7 @@ class _FaissFlat:
         pass
 
 
-class _FaissApproximate:
+class _FaissApproximate(ABC):
     """A faiss graph or hash index over positions; results re-ordered by (distance, position)."""
 
     faiss_class = ""
@@ -332,8 +333,9 @@ class _FaissApproximate:
         self._backend = backend
         self._index = self._new_index()
 
+    @abstractmethod
     def _new_index(self) -> Any:
-        raise NotImplementedError
+        """An empty faiss index of the subclass's kind, built from `self._backend`'s options."""
 
     def add(self, packed: np.ndarray) -> None:
         with _faiss_threads(self._faiss, usable_cpus()):  # HNSW's insertion runs in parallel
