@@ -7,6 +7,17 @@ import platform
 from pathlib import Path
 
 
+def import_faiss(needed_for: str):
+    """The faiss module, or an InputError saying what needed it and how to install it."""
+    from bganhash._validation import InputError
+
+    try:
+        import faiss
+    except ImportError as exc:
+        raise InputError(f"{needed_for} needs faiss; install it with: pip install faiss-cpu") from exc
+    return faiss
+
+
 THREADS_VARIABLE = "BGANHASH_NUM_THREADS"  # caps the threads bganhash's own parallel code uses
 
 

@@ -44,7 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from bganhash._io import atomic_write
-from bganhash._system import usable_cpus
+from bganhash._system import import_faiss, usable_cpus
 from bganhash._validation import InputError, check_positive_int
 from bganhash.codes import as_words, check_packed, database_word_planes, distance_dtype, nearest, to_bits
 
@@ -192,14 +192,6 @@ def _check_option(kind: str, name: str, value: Any, spec: Any = None) -> Any:
 # ---------------------------------------------------------------------------------------------- engines
 
 
-def _import_faiss(backend: Backend) -> Any:
-    try:
-        import faiss
-    except ImportError as exc:
-        raise InputError(f'backend="{backend}" needs faiss; install it with: pip install faiss-cpu') from exc
-    return faiss
-
-
 def _faiss_or_none() -> Any:
     try:
         import faiss
@@ -295,7 +287,7 @@ class _FaissFlat:
     """faiss.IndexBinaryFlat over the same packed codes (identical results: see `faiss_flat_keeps_ties`)."""
 
     def __init__(self, n_bits: int, backend: Backend) -> None:
-        self._faiss = _import_faiss(backend)
+        self._faiss = import_faiss(f'backend="{backend}"')
         self._index = self._faiss.IndexBinaryFlat(8 * ((n_bits + 7) // 8))
         self._dtype = distance_dtype((n_bits + 7) // 8)
 
@@ -328,7 +320,7 @@ class _FaissApproximate(ABC):
     faiss_class = ""
 
     def __init__(self, n_bits: int, backend: Backend) -> None:
-        self._faiss = _import_faiss(backend)
+        self._faiss = import_faiss(f'backend="{backend}"')
         self._n_bits = n_bits
         self._backend = backend
         self._index = self._new_index()

@@ -223,11 +223,11 @@ def _knn_ivf(unit: np.ndarray, k: int, nprobe: int, progress: bool) -> np.ndarra
     Rows are searched list by list (in the order of the inverted lists they were filed in), so that
     consecutive queries probe nearly the same lists and find them in cache.
     """
-    faiss = _import_faiss()
     from tqdm.auto import tqdm
 
-    from bganhash._system import usable_cpus
+    from bganhash._system import import_faiss, usable_cpus
 
+    faiss = import_faiss(f"the IVF K-NN of {unit.shape[0]} rows (method='exact' does without)")
     faiss.omp_set_num_threads(usable_cpus())
     n, dim = unit.shape
     n_lists = int(max(1, min(round(4 * np.sqrt(n)), n // 39)))  # faiss wants 39+ training rows per list
@@ -270,15 +270,6 @@ def _self_first(found: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndar
     out[rows[complete], 0] = rows[complete]
     out[rows[complete], 1:] = found[complete][others[complete]].reshape(-1, k)
     return rows[~complete]
-
-
-def _import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise InputError("K-NN of this many rows runs through faiss: pip install faiss-cpu "
-                         "(or pass method='exact')") from None
-    return faiss
 
 
 def _ordered_distances(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
