@@ -147,17 +147,6 @@ def test_expansion_adds_the_smallest_zero_overlap_images_when_overlaps_run_out()
     assert S[29, 25:].all() and S[29, :5].all() and not S[29, 5:25].any()
 
 
-@pytest.mark.parametrize("block_nonzeros, keep_unions_below", [(1, 1 << 27), (500, 1 << 27), (500, 0), (1, 0)])
-def test_expansion_is_the_same_for_any_block_size(monkeypatch, rng, block_nonzeros, keep_unions_below):
-    """Small blocks, and unions recomputed on every pass (the large-n path) instead of kept."""
-    knn = knn_cosine(gaussian_features(rng, 120, 5), 8)
-    expected = reference_expand(knn, 12)
-    monkeypatch.setattr(neighborhood, "_OVERLAP_BLOCK_NONZEROS", block_nonzeros)
-    monkeypatch.setattr(neighborhood, "_UNION_BLOCK_ELEMENTS", block_nonzeros)
-    monkeypatch.setattr(neighborhood, "_KEEP_UNIONS_BELOW", keep_unions_below)
-    np.testing.assert_array_equal(dense(expand_neighborhood(knn, 12)), expected)
-
-
 def test_S_is_boolean_symmetric_csr_with_positive_diagonal(rng):
     S = neighborhood_structure(gaussian_features(rng, 150, 5), k1=6, k2=9)
     assert isinstance(S, sp.csr_matrix) and S.dtype == bool and S.has_sorted_indices

@@ -17,7 +17,7 @@ stored, -1 everywhere else), because a dense N x N matrix does not fit beyond sm
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,9 +36,6 @@ __all__ = [
 ]
 
 _KNN_BLOCK_ELEMENTS = 1 << 22  # similarities held per K-NN panel (about 20 bytes each at peak)
-_OVERLAP_BLOCK_NONZEROS = 1 << 23  # overlap counts held per expansion block
-_UNION_BLOCK_ELEMENTS = 1 << 22  # list members gathered at once for the unions L'_i
-_KEEP_UNIONS_BELOW = 1 << 27  # list members (n·K2·(K1 + 1)) below which the unions are kept, not recomputed
 _PAIR_CHUNK = 1 << 20  # (i, j) pairs compared at once in label_precision
 _IVF_QUERY_BLOCK = 1 << 14  # rows searched per faiss call (one progress step)
 _IVF_TRAINING_PER_LIST = 64  # k-means training rows per inverted list
@@ -107,15 +104,30 @@ def estimate_knn_recall(features: Any, knn_indices: Any, n_sample: int = 1000, s
 def expand_neighborhood(knn_indices: Any, k2: int = 30) -> sp.csr_matrix:
     """Return S's positives (boolean, symmetric csr) from (n, K1 + 1) K-NN lists by Algorithm 1.
 
-    The overlap counts are the sparse product A·Aᵀ of the lists' 0/1 membership matrix, in row blocks;
-    the unions and their symmetrisation run in row blocks too, so memory stays proportional to
-    n·K1·K2 (the size of S itself), never n². A k2 larger than n keeps every image.
+    Compiled row loops (`bganhash._expansion`): overlaps through the inverted lists (the sparse
+    product A·Aᵀ, one row at a time), the top K2 per row, the unions L'_i, their union with their
+    transpose, and a counting-sort transpose that sorts the rows (S is symmetric). Memory stays proportional to n·K1·K2 (the size of S),
+    never n². A k2 larger than n keeps every image.
     """
+    from bganhash import _expansion
+
     lists = _check_knn(knn_indices)
     k2 = check_positive_int(k2, "k2", 1)
     n = lists.shape[0]
-    kept = _top_overlap(_membership_matrix(lists), lists, min(k2, n))
-    return _symmetric_union(_ListUnions(lists, kept), n)
+    kept = _expansion.top_overlap(lists, *_expansion.inverted_lists(lists), min(k2, n))
+    unions = _expansion.list_unions(lists, kept)
+    del kept
+    unsorted = _expansion.symmetric_union(*unions, *_expansion.transpose_pattern(*unions, n))
+    del unions
+    indptr, indices = _expansion.transpose_pattern(*unsorted, n)  # S is symmetric: its transpose is S, rows sorted
+    del unsorted
+    if indices.shape[0] < np.iinfo(np.int32).max:
+        indptr = indptr.astype(np.int32)
+    else:
+        indices = indices.astype(np.int64)
+    pattern = sp.csr_matrix((np.ones(indices.shape[0], dtype=bool), indices, indptr), shape=(n, n), copy=False)
+    pattern.has_sorted_indices = True
+    return pattern
 
 
 def neighborhood_structure(features: Any, k1: int = 20, k2: int = 30, *, knn_method: str = "auto",
@@ -341,138 +353,6 @@ def _check_knn(knn_indices: Any) -> np.ndarray:
     if repeated.size:
         raise InputError(f"knn_indices repeats an index within {repeated.size} row(s) (first: row {repeated[0]})")
     return lists
-
-
-def _membership_matrix(lists: np.ndarray) -> sp.csr_matrix:
-    """The n x n 0/1 matrix with a 1 at (i, j) for each j in row i of `lists` (rows of equal length)."""
-    n, width = lists.shape
-    indptr = np.arange(0, n * width + 1, width)
-    return sp.csr_matrix((np.ones(n * width, np.int32), lists.ravel(), indptr), shape=(n, n))
-
-
-def _top_overlap(membership: sp.csr_matrix, lists: np.ndarray, k2: int) -> np.ndarray:
-    """For each i, the k2 images j of largest |L_i ∩ L_j|, ties to the smaller j: an (n, k2) array."""
-    n, width = lists.shape
-    in_degree = np.bincount(lists.ravel(), minlength=n)
-    row_nonzeros = in_degree[lists].sum(axis=1)  # a bound on the non-zeros of row i of A·Aᵀ
-    transpose = membership.T.tocsr()
-    kept = np.empty((n, k2), dtype=np.int64)
-    for start, stop in _row_blocks(row_nonzeros, _OVERLAP_BLOCK_NONZEROS):
-        overlap = (membership[start:stop] @ transpose).tocsr()
-        kept[start:stop] = _top_per_row(overlap, k2, width)
-    return kept
-
-
-def _row_blocks(row_cost: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
-    """Consecutive (start, stop) row ranges whose summed cost stays within `budget` (one row at least)."""
-    cumulative = np.cumsum(row_cost)
-    start, n = 0, row_cost.shape[0]
-    while start < n:
-        spent = cumulative[start - 1] if start else 0
-        stop = max(start + 1, int(np.searchsorted(cumulative, spent + budget, side="right")))
-        yield start, min(stop, n)
-        start = stop
-
-
-def _top_per_row(overlap: sp.csr_matrix, k2: int, width: int) -> np.ndarray:
-    """Rank each row's non-zeros by (row, -count, column) with one integer sort; keep the first k2.
-
-    A row with fewer than k2 non-zeros is completed with the smallest zero-overlap columns, as
-    ranking every j (the literal algorithm) would.
-    """
-    n_rows, n = overlap.shape
-    lengths = np.diff(overlap.indptr)
-    rows = np.repeat(np.arange(n_rows, dtype=np.int64), lengths)
-    key = (rows * (width + 1) + (width - overlap.data)) * n + overlap.indices
-    key.sort()
-    columns = key % n
-    kept = np.empty((n_rows, k2), dtype=np.int64)
-    full = lengths >= k2
-    kept[full] = columns[overlap.indptr[:-1][full, None] + np.arange(k2)]
-    for row in np.flatnonzero(~full):
-        ranked = columns[overlap.indptr[row] : overlap.indptr[row + 1]]
-        spare = np.setdiff1d(np.arange(min(n, ranked.shape[0] + k2)), ranked)
-        kept[row] = np.concatenate([ranked, spare[: k2 - ranked.shape[0]]])
-    return kept
-
-
-class _ListUnions:
-    """Row blocks of L'_i (the union of the lists of the images kept for i), each row's members sorted.
-
-    Small problems keep the blocks after the first pass; large ones recompute them on each pass
-    (cheap against holding a second copy of S).
-    """
-
-    def __init__(self, lists: np.ndarray, kept: np.ndarray) -> None:
-        self.lists, self.kept = lists, kept
-        self.members_per_row = kept.shape[1] * lists.shape[1]
-        self.cached: list[tuple[int, np.ndarray, np.ndarray]] | None = None
-        self.keep = lists.shape[0] * self.members_per_row <= _KEEP_UNIONS_BELOW
-
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """(first row, members per row, members) of each block."""
-        if self.cached is not None:
-            yield from self.cached
-            return
-        computed = []
-        rows_per_block = max(1, _UNION_BLOCK_ELEMENTS // self.members_per_row)
-        for start in range(0, self.lists.shape[0], rows_per_block):
-            members = self.lists[self.kept[start : start + rows_per_block]].reshape(-1, self.members_per_row)
-            members.sort(axis=1)
-            first = np.ones(members.shape, dtype=bool)
-            first[:, 1:] = members[:, 1:] != members[:, :-1]
-            block = (start, first.sum(axis=1), members[first].astype(np.int32 if self.keep else np.int64))
-            if self.keep:
-                computed.append(block)
-            yield block
-        if self.keep:
-            self.cached = computed
-
-
-def _symmetric_union(unions: _ListUnions, n: int) -> sp.csr_matrix:
-    """S's positives: (i, j) and (j, i) for every j in L'_i, as a boolean csr matrix with sorted rows.
-
-    Three passes over the unions: count each column, scatter the transpose (rows arrive in order, so
-    its rows come out sorted), then merge each block of rows with the same rows of the transpose.
-    """
-    column_counts = np.zeros(n, dtype=np.int64)
-    for _, _, members in unions:
-        column_counts += np.bincount(members, minlength=n)
-    index_dtype = np.int32 if 2 * int(column_counts.sum()) < np.iinfo(np.int32).max else np.int64
-    t_indptr = np.concatenate([[0], np.cumsum(column_counts)])
-    t_indices = np.empty(int(t_indptr[-1]), dtype=index_dtype)
-    cursor = t_indptr[:-1].copy()
-    for start, sizes, members in unions:
-        rows = np.repeat(np.arange(start, start + sizes.shape[0], dtype=index_dtype), sizes)
-        order = np.argsort(members, kind="stable")
-        counts = np.bincount(members, minlength=n)
-        offset = cursor - (np.cumsum(counts) - counts)  # cursor minus where each column starts in `order`
-        t_indices[offset[members[order]] + np.arange(order.shape[0])] = rows[order]
-        cursor += counts
-    del cursor
-    row_sizes, blocks = [], []
-    for start, sizes, members in unions:
-        stop = start + sizes.shape[0]
-        block = _sorted_csr(members, np.concatenate([[0], np.cumsum(sizes)]), n)
-        transposed = _sorted_csr(t_indices[t_indptr[start] : t_indptr[stop]], t_indptr[start : stop + 1] - t_indptr[start], n)
-        merged = block + transposed  # scipy merges sorted rows in one linear pass
-        row_sizes.append(np.diff(merged.indptr))
-        blocks.append(merged.indices.astype(index_dtype, copy=False))
-    del t_indices
-    indices = np.concatenate(blocks)
-    del blocks
-    indptr = np.concatenate([[0], np.cumsum(np.concatenate(row_sizes))]).astype(index_dtype)
-    pattern = sp.csr_matrix((np.ones(indices.shape[0], dtype=bool), indices, indptr), shape=(n, n), copy=False)
-    pattern.has_sorted_indices = True
-    return pattern
-
-
-def _sorted_csr(indices: np.ndarray, indptr: np.ndarray, n_columns: int) -> sp.csr_matrix:
-    """A 0/1 int8 csr matrix over rows whose `indices` are already sorted and unique."""
-    matrix = sp.csr_matrix((np.ones(indices.shape[0], dtype=np.int8), indices, indptr),
-                           shape=(indptr.shape[0] - 1, n_columns), copy=False)
-    matrix.has_canonical_format = True
-    return matrix
 
 
 def _boolean_csr(matrix: sp.spmatrix) -> sp.csr_matrix:
