@@ -13,7 +13,8 @@ and answers the same queries with k = 10:
 
 - faiss's IndexBinaryFlat used directly, and our exact "flat" (faiss engine, and the numpy engine), timed
   in turn (batch, batch, batch, ..., then query by query) so that the comparison shares the machine's moods;
-- "hnsw:32" with an efSearch sweep, and "mih:4" (multi-index hashing) with an nflip sweep.
+- "ivf:1024" and "ivf:4096" (binary inverted lists) with an nprobe sweep, "hnsw:32" with an efSearch sweep,
+  and "mih:4" (multi-index hashing) with an nflip sweep.
 
 For each it reports the build time, queries/s for one batch of 1,000 queries and for single queries (with
 their median latency), recall@10 against the exact search (the share of the exact ids found, ties at the
@@ -277,6 +278,8 @@ def main() -> None:
                         help="efSearch sweep of each HNSW index")
     parser.add_argument("--mih", nargs="+", default=["mih:4", "mih:3"], help="multi-index hashing indexes built")
     parser.add_argument("--nflip", type=int, nargs="+", default=[0, 1, 2], help="nflip sweep of each")
+    parser.add_argument("--ivf", nargs="+", default=["ivf:1024", "ivf:4096"], help="binary IVF indexes built")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="nprobe sweep of each")
     parser.add_argument("--repeats", type=int, default=3, help="batch searches timed (best reported)")
     parser.add_argument("--flat-repeats", type=int, default=7,
                         help="batch searches of each exact search, timed in turn (best reported)")
@@ -331,7 +334,8 @@ def main() -> None:
               f"{rows[1]['identical_to_faiss_direct']}, {rows[2]['identical_to_faiss_direct']}", flush=True)
         del direct, flat, numpy_flat
 
-        for specs, option, values in ((args.hnsw, "ef", args.ef), (args.mih, "nflip", args.nflip)):
+        for specs, option, values in ((args.ivf, "nprobe", args.nprobe), (args.hnsw, "ef", args.ef),
+                                      (args.mih, "nflip", args.nflip)):
             for spec in specs:
                 build_s, index = timed(lambda: _built(spec, database, ids))
                 print(f"  built {index.backend} in {build_s:.1f} s", flush=True)
@@ -346,7 +350,7 @@ def main() -> None:
         if not args.no_memory:
             np.save(scratch / "codes.npy", database)
             np.save(scratch / "ids.npy", ids)
-            for spec in ("faiss-direct", "flat", "flat,engine=numpy", args.hnsw[0], args.mih[0]):
+            for spec in ("faiss-direct", "flat", "flat,engine=numpy", args.ivf[0], args.hnsw[0], args.mih[0]):
                 memory[spec] = peak_memory(spec, scratch / "codes.npy", scratch / "ids.npy", scratch)
                 print(f"  peak RSS {spec:<22} {memory[spec]['peak_rss_mb']:8.0f} MB "
                       f"(+{memory[spec]['index_rss_mb']:.0f} MB over the RSS before building)", flush=True)
@@ -398,7 +402,7 @@ def _as_keys(packed: np.ndarray) -> np.ndarray:
 
 def _best_sublinear(rows: list[dict], flat: dict, recall: str) -> dict | None:
     """The fastest approximate configuration (batch) with `recall` >= 0.95, and its speed-up over flat."""
-    good = [r for r in rows if r["backend"] and r["backend"].split(":")[0] in ("hnsw", "mih") and r[recall] >= 0.95]
+    good = [r for r in rows if r["backend"] and r["backend"].split(":")[0] in ("ivf", "hnsw", "mih") and r[recall] >= 0.95]
     if not good:
         return None
     best = max(good, key=lambda r: r["batch_qps"])

@@ -25,6 +25,7 @@ ALL_BACKENDS = [
     pytest.param("flat,engine=faiss", marks=needs_faiss),
     pytest.param("hnsw:8,ef=32", marks=needs_faiss),
     pytest.param("mih:4,nflip=1", marks=needs_faiss),
+    pytest.param("ivf:8,nprobe=2", marks=needs_faiss),
 ]
 
 
@@ -68,6 +69,8 @@ def recalls(found, exact):
         ("hnsw:32,efc=80,ef=16", "hnsw:32,ef=16,efc=80"),
         ("mih", "mih:4,nflip=1"),
         ("mih:8,nflip=0", "mih:8,nflip=0"),
+        ("ivf", "ivf:1024,nprobe=8"),
+        ("ivf:64,nprobe=3", "ivf:64,nprobe=3"),
     ],
 )
 def test_backend_strings_are_read_into_a_canonical_form(spec, canonical):
@@ -85,6 +88,9 @@ def test_backend_strings_are_read_into_a_canonical_form(spec, canonical):
         ("hnsw:1", "whole number M >= 2"),
         ("hnsw:-3", "whole number M >= 2"),
         ("mih:0", "whole number tables >= 1"),
+        ("ivf:0", "whole number lists >= 1"),
+        ("ivf:16,nprobe=0", "nprobe=0 must be a whole number >= 1"),
+        ("ivf:16,ef=4", "ivf has no option 'ef'"),
         ("flat:3", "flat takes no number"),
         ("hnsw:32,ef", "name=value"),
         ("hnsw:32,=5", "name=value"),
@@ -158,7 +164,8 @@ def test_faiss_search_leaves_the_callers_thread_setting_alone(rng):
 
 
 @needs_faiss
-@pytest.mark.parametrize(("spec", "minimum"), [("hnsw:16,ef=64", 0.97), ("mih:4,nflip=2", 0.97)])
+@pytest.mark.parametrize(("spec", "minimum"), [("hnsw:16,ef=64", 0.97), ("mih:4,nflip=2", 0.97),
+                                               ("ivf:30,nprobe=3", 0.97)])
 def test_approximate_backends_find_nearly_all_exact_neighbours(problem, spec, minimum):
     database, queries, exact = problem
     index = Index(64, spec)
@@ -204,7 +211,7 @@ def test_search_time_options_change_and_are_recorded(problem, tmp_path):
 
 
 @needs_faiss
-@pytest.mark.parametrize("spec", ["hnsw:8", "mih:4,nflip=2"])
+@pytest.mark.parametrize("spec", ["hnsw:8", "mih:4,nflip=2", "ivf:30,nprobe=4"])
 def test_removal_rebuilds_and_removed_ids_are_never_returned(problem, spec):
     database, queries, _ = problem
     ids = np.arange(2000) * 7 + 3
@@ -221,7 +228,7 @@ def test_removal_rebuilds_and_removed_ids_are_never_returned(problem, spec):
 
 
 @needs_faiss
-@pytest.mark.parametrize("spec", ["hnsw:8", "mih:4"])
+@pytest.mark.parametrize("spec", ["hnsw:8", "mih:4", "ivf:2,nprobe=1"])
 def test_results_beyond_what_was_found_are_marked_missing(rng, spec):
     index = Index(64, spec)
     index.add(np.where(rng.random((3, 64)) < 0.5, -1, 1), ids=[10, 20, 30])
@@ -230,6 +237,39 @@ def test_results_beyond_what_was_found_are_marked_missing(rng, spec):
     found = ids >= 0
     assert set(ids[found].tolist()) <= {10, 20, 30}
     assert (distances[found] <= 64).all() and (distances[~found] == MISSING_DISTANCE).all()
+
+
+@needs_faiss
+def test_ivf_scans_more_lists_for_more_recall_and_is_exact_when_it_scans_them_all(problem):
+    database, queries, exact = problem
+    index = Index(64, "ivf:64,nprobe=1")
+    index.add(database, ids=np.arange(2000) * 7 + 3)
+    one_list = recalls(index.search(queries, 10), exact)
+    assert one_list[1] < 1.0  # one list misses some neighbours: the sweep below means something
+    assert recalls(index.set_params(nprobe=8).search(queries, 10), exact)[1] > one_list[1]
+    assert index.backend == "ivf:64,nprobe=8"
+    found = index.set_params(nprobe=64).search(queries, 10)
+    np.testing.assert_array_equal(found[0], exact[0])  # every list scanned: the exact distances
+
+
+@needs_faiss
+def test_ivf_needs_as_many_first_codes_as_lists_and_keeps_its_centroids_when_rebuilt(rng):
+    codes = np.where(rng.random((300, 32)) < 0.5, -1, 1)
+    index = Index(32, "ivf:500")
+    with pytest.raises(InputError, match=r"needs at least 500 of them; got 300.*ivf:7"):
+        index.add(codes)
+    assert index.ntotal == 0
+    index = Index(32, "ivf:50,nprobe=50")
+    index.add(codes)
+    def centroids():  # faiss's trained centroids, held by the IVF's quantizer
+        return index._searcher._index.quantizer.reconstruct_n(0, 50)  # noqa: SLF001
+
+    before = centroids()
+    index.remove_ids(np.arange(0, 300, 3))
+    np.testing.assert_array_equal(centroids(), before)
+    index.add(codes[:10], ids=np.arange(1000, 1010))  # few codes: fine once trained
+    distances, ids = index.search(codes[:10], 1)
+    assert (distances[:, 0] == 0).all()
 
 
 # ---------------------------------------------------------------------------------------------- persistence

@@ -5,7 +5,7 @@ Layout of `my.index/` (every file immutable once written, named by the generatio
     manifest.json             the pointer: format, version, generation, and the sha256 of every file below
     model-000001/             the saved hasher (JSON + safetensors)
     codes-000002.safetensors  packed codes and their ids
-    index-000002.bgidx        with an approximate backend (hnsw, mih): the saved bganhash.Index, graph included
+    index-000002.bgidx        with an approximate backend (ivf, hnsw, mih): the saved bganhash.Index, structure included
     items-000002.json         id -> path relative to the collection root, a change stamp, thumbnail location
     thumbs-000001.bin         JPEG thumbnails, concatenated (one segment per generation that added images)
     report-000002.json        files that could not be read, and what the update changed
