@@ -13,26 +13,6 @@ from numba import njit
 
 
 @njit(cache=True)
-def inverted_lists(lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, rows) of the images whose list holds each image m, rows in increasing order."""
-    n, width = lists.shape
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    for i in range(n):
-        for c in range(width):
-            indptr[lists[i, c] + 1] += 1
-    for m in range(n):
-        indptr[m + 1] += indptr[m]
-    rows = np.empty(indptr[n], dtype=np.int32)
-    cursor = indptr[:-1].copy()
-    for i in range(n):
-        for c in range(width):
-            m = lists[i, c]
-            rows[cursor[m]] = i
-            cursor[m] += 1
-    return indptr, rows
-
-
-@njit(cache=True)
 def top_overlap(lists: np.ndarray, indptr: np.ndarray, rows: np.ndarray, k2: int) -> np.ndarray:
     """For each i, the set of k2 images j of largest |L_i ∩ L_j| (ties to the smaller j), unordered.
 

@@ -111,10 +111,13 @@ def expand_neighborhood(knn_indices: Any, k2: int = 30) -> sp.csr_matrix:
     """
     from bganhash import _expansion
 
-    lists = _check_knn(knn_indices)
+    lists = _check_knn(knn_indices).astype(np.int32)
     k2 = check_positive_int(k2, "k2", 1)
-    n = lists.shape[0]
-    kept = _expansion.top_overlap(lists, *_expansion.inverted_lists(lists), min(k2, n))
+    n, width = lists.shape
+    list_rows = np.arange(0, n * width + 1, width, dtype=np.int64)
+    inverted = _expansion.transpose_pattern(list_rows, lists.ravel(), n)  # the images whose list holds m
+    kept = _expansion.top_overlap(lists, *inverted, min(k2, n))
+    del inverted
     unions = _expansion.list_unions(lists, kept)
     del kept
     unsorted = _expansion.symmetric_union(*unions, *_expansion.transpose_pattern(*unions, n))
