@@ -157,6 +157,18 @@ def test_index_with_a_backend_and_search_uses_what_the_index_holds(cli, photos, 
     assert document["queries"][0]["results"][0]["path"] == "trip/img04.jpg"
 
 
+def test_an_ivf_index_with_more_lists_than_photos_is_refused_with_the_fix(cli, photos, tmp_path):
+    pytest.importorskip("faiss")
+    result = run(cli, "index", photos, "--out", tmp_path / "x.index", *FAST, "--backend", "ivf:1024")
+    assert result.exit_code == 2 and "needs at least 1024 of them" in result.stderr, result.output
+    assert "use fewer lists" in result.stderr and not (tmp_path / "x.index").exists()
+    built = run(cli, "index", photos, "--out", tmp_path / "y.index", *FAST, "--backend", "ivf:2,nprobe=2", "--json")
+    assert built.exit_code == 0 and json.loads(built.stdout)["backend"] == "ivf:2,nprobe=2", built.output
+    found = json.loads(run(cli, "search", tmp_path / "y.index", photos / "trip" / "img04.jpg", "-k", "1",
+                           "--json").stdout)
+    assert found["queries"][0]["results"][0]["path"] == "trip/img04.jpg"
+
+
 @pytest.mark.parametrize("backend, message", [
     ("annoy", "unknown kind 'annoy'"),
     ("hnsw:x", "whole number M >= 2"),
@@ -173,3 +185,4 @@ def test_a_malformed_backend_is_a_one_line_error_with_exit_code_2(cli, photos, t
 def test_index_help_names_the_backends(cli):
     result = run(cli, "index", "--help")
     assert result.exit_code == 0 and "--backend" in result.stdout and "hnsw:32" in result.stdout
+    assert "ivf:1024" in result.stdout

@@ -70,7 +70,7 @@ def data_options(command):
                      help="Precomputed features (.npy, one row per image in dataset order) instead of the backbone."),
         click.option("--backbone", default=None, help="Backbone for feature extraction (see `bganhash features --help`)."),
         click.option("--image-size", type=click.IntRange(16, 1024), default=None,
-                     help="Backbone input size in pixels (default: the backbone's own)."),
+                     help="Backbone input size in pixels (default: 224; 128 extracts about 3x faster on a CPU)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the hashers."),
     ]
     for option in reversed(options):

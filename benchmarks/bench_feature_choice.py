@@ -1,0 +1,108 @@
+"""Which features for BGAN on CIFAR-10: backbone and input size, judged on the validation split.
+
+For each feature choice (backbone@size), on the validation split carved from the 10,000 paper training
+images (1,000 queries, the other 9,000 as database and training set; the test queries are never seen):
+KNN@20 label precision, then mAP@all of ITQ and of BGAN (the default configuration, several seeds) at
+one code length. With --test, the chosen feature sets are also scored on the paper's test split.
+
+    python benchmarks/bench_feature_choice.py --data ../shared/data/cifar10-jpg.zip \
+        --features efficientnet_lite0@128 efficientnet_lite0@224 --seeds 0 1
+
+Features come from the feature cache (extracted on first use: minutes to an hour on 2 cores).
+Writes benchmarks/results/feature_choice.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bganhash._io import write_json
+from bganhash.bgan import BGANHasher
+from bganhash.datasets import load_dataset, protocol_split
+from bganhash.datasets.splits import validation_split
+from bganhash.features import FeatureConfig, extract_features, transform_features
+from bganhash.hashers import ITQ
+from bganhash.metrics import mean_average_precision
+from bganhash.neighborhood import knn_cosine, label_precision
+
+RESULTS = Path(__file__).resolve().parent / "results" / "feature_choice.json"
+
+
+def score(hasher, features: np.ndarray, labels: np.ndarray, split) -> float:
+    return mean_average_precision(hasher.encode(features[split.query]), hasher.encode(features[split.database]),
+                                  labels[split.query], labels[split.database])
+
+
+def evaluate_choice(name: str, features: np.ndarray, labels: np.ndarray, split, images_of, args) -> dict:
+    """KNN@20 precision of the training features, ITQ and BGAN mAP (per seed) on `split`."""
+    train = features[split.train]
+    knn = knn_cosine(transform_features(train, "sqrt_l2_center"), 20)
+    row = {"features": name, "split": split.protocol, "knn20_precision": label_precision(knn, labels[split.train]),
+           "itq": {}, "bgan": {}, "bgan_seconds": {}}
+    for n_bits in args.bits:
+        row["itq"][n_bits] = score(ITQ(n_bits, random_state=0).fit(train), features, labels, split)
+        maps, seconds = [], []
+        for seed in args.seeds:
+            started = time.perf_counter()
+            hasher = BGANHasher(n_bits, preset="cpu", random_state=seed)
+            hasher.fit(train, images=images_of(split.train), progress=False)
+            seconds.append(time.perf_counter() - started)
+            maps.append(score(hasher, features, labels, split))
+        row["bgan"][n_bits] = maps
+        row["bgan_seconds"][n_bits] = seconds
+        print(f"{name:<26} {split.protocol:<17} {n_bits:2d} bits: KNN@20 {row['knn20_precision']:.3f}  "
+              f"ITQ {row['itq'][n_bits]:.4f}  BGAN {np.mean(maps):.4f} ({', '.join(f'{m:.4f}' for m in maps)})",
+              flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-jpg.zip"))
+    parser.add_argument("--features", nargs="+", default=["efficientnet_lite0@128", "efficientnet_lite0@224"],
+                        help="feature choices as BACKBONE@SIZE")
+    parser.add_argument("--bits", type=int, nargs="+", default=[32])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--test", action="store_true", help="also score every choice on the paper's test split")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    dataset = load_dataset("cifar10", args.data)
+    split = protocol_split(dataset, 0)
+    splits = [validation_split(split, 1000)] + ([split] if args.test else [])
+    cached_images = {}
+
+    def images_of(indices: np.ndarray) -> np.ndarray:
+        key = indices.tobytes()
+        if key not in cached_images:
+            cached_images[key] = dataset.to_array(indices)
+        return cached_images[key]
+
+    rows = []
+    for choice in args.features:
+        backbone, _, size = choice.partition("@")
+        config = FeatureConfig(backbone=backbone, image_size=int(size)) if size else FeatureConfig(backbone=backbone)
+        features = extract_features(dataset, config)
+        for evaluated in splits:
+            rows.append(evaluate_choice(choice, features, dataset.labels, evaluated, images_of, args))
+    write_json(args.output, {
+        "benchmark": "feature choice for BGAN on CIFAR-10: KNN@20 precision, ITQ and BGAN mAP@all",
+        "rows": rows, "seeds": args.seeds, "bits": args.bits, "preset": "cpu",
+        "threads": args.threads, "load_average_after": os.getloadavg(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "command": "python benchmarks/bench_feature_choice.py " + " ".join(os.sys.argv[1:]),
+    })
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
