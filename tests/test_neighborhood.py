@@ -147,6 +147,14 @@ def test_expansion_adds_the_smallest_zero_overlap_images_when_overlaps_run_out()
     assert S[29, 25:].all() and S[29, :5].all() and not S[29, 5:25].any()
 
 
+@pytest.mark.parametrize("n, k1, k2", [(1, 0, 30), (6, 2, 40), (9, 8, 9)])
+def test_expansion_at_the_edges_keeps_every_image_when_k2_reaches_n(rng, n, k1, k2):
+    knn = knn_cosine(gaussian_features(rng, n, 3), k1) if n > 1 else np.zeros((1, 1), np.int64)
+    S = dense(expand_neighborhood(knn, k2))
+    np.testing.assert_array_equal(S, reference_expand(knn, k2))
+    assert S.all()  # k2 >= n keeps every image for every i
+
+
 def test_S_is_boolean_symmetric_csr_with_positive_diagonal(rng):
     S = neighborhood_structure(gaussian_features(rng, 150, 5), k1=6, k2=9)
     assert isinstance(S, sp.csr_matrix) and S.dtype == bool and S.has_sorted_indices
