@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def main() -> None:
         "rows": rows, "seeds": args.seeds, "bits": args.bits, "preset": "cpu",
         "threads": args.threads, "load_average_after": os.getloadavg(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "command": "python benchmarks/bench_feature_choice.py " + " ".join(os.sys.argv[1:]),
+        "command": "python benchmarks/bench_feature_choice.py " + " ".join(sys.argv[1:]),
     })
     print(f"wrote {args.output}")
 

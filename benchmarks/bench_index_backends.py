@@ -402,7 +402,8 @@ def _as_keys(packed: np.ndarray) -> np.ndarray:
 
 def _best_sublinear(rows: list[dict], flat: dict, recall: str) -> dict | None:
     """The fastest approximate configuration (batch) with `recall` >= 0.95, and its speed-up over flat."""
-    good = [r for r in rows if r["backend"] and r["backend"].split(":")[0] in ("ivf", "hnsw", "mih") and r[recall] >= 0.95]
+    approximate = ("ivf", "hnsw", "mih")
+    good = [r for r in rows if r["backend"] and r["backend"].split(":")[0] in approximate and r[recall] >= 0.95]
     if not good:
         return None
     best = max(good, key=lambda r: r["batch_qps"])

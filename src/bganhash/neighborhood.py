@@ -106,8 +106,8 @@ def expand_neighborhood(knn_indices: Any, k2: int = 30) -> sp.csr_matrix:
 
     Compiled row loops (`bganhash._expansion`): overlaps through the inverted lists (the sparse
     product A·Aᵀ, one row at a time), the top K2 per row, the unions L'_i, their union with their
-    transpose, and a counting-sort transpose that sorts the rows (S is symmetric). Memory stays proportional to n·K1·K2 (the size of S),
-    never n². A k2 larger than n keeps every image.
+    transpose, and a counting-sort transpose that sorts the rows (S is symmetric). Memory stays
+    proportional to n·K1·K2 (the size of S), never n². A k2 larger than n keeps every image.
     """
     from bganhash import _expansion
 
