@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from bganhash._io import write_json
-from bganhash.bgan import BGANHasher
+from bganhash.bgan.estimator import BGANHasher
 from bganhash.datasets import load_dataset, protocol_split
-from bganhash.features import FeatureConfig, extract_features
+from bganhash.features.config import FeatureConfig
+from bganhash.features.extract import extract_features
 from bganhash.hashers import ITQ
 from bganhash.metrics import mean_average_precision
 

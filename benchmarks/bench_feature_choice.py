@@ -25,13 +25,15 @@ import numpy as np
 import torch
 
 from bganhash._io import write_json
-from bganhash.bgan import BGANHasher
+from bganhash.bgan.estimator import BGANHasher
 from bganhash.datasets import load_dataset, protocol_split
 from bganhash.datasets.splits import validation_split
-from bganhash.features import FeatureConfig, extract_features, transform_features
+from bganhash.features.config import FeatureConfig
+from bganhash.features.extract import extract_features
+from bganhash.features.transforms import transform_features
 from bganhash.hashers import ITQ
 from bganhash.metrics import mean_average_precision
-from bganhash.neighborhood import knn_cosine, label_precision
+from bganhash.neighborhood.algorithm import knn_cosine, label_precision
 
 RESULTS = Path(__file__).resolve().parent / "results" / "feature_choice.json"
 

@@ -19,7 +19,9 @@ import torch
 
 from bganhash._io import write_json
 from bganhash.datasets import load_dataset, protocol_split
-from bganhash.features import FeatureConfig, extract_features, transform_features
+from bganhash.features.config import FeatureConfig
+from bganhash.features.extract import extract_features
+from bganhash.features.transforms import transform_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"

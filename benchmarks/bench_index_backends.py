@@ -43,7 +43,7 @@ import numpy as np
 
 from bganhash._io import write_json
 from bganhash._system import usable_cpus
-from bganhash.index import Index
+from bganhash.index.index import Index
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "index_backends.json"
@@ -64,7 +64,7 @@ def load_base_codes(args: argparse.Namespace) -> tuple[np.ndarray, str]:
         packed = codes if codes.dtype == np.uint8 else pack_codes(codes)
         return packed, args.codes_source or f"learned codes from {args.codes}"
     if args.features is not None:
-        from bganhash.features import load_features
+        from bganhash.features.cache import load_features
         from bganhash.hashers import ITQ
 
         features = load_features(args.features)
@@ -209,7 +209,7 @@ def rss_kb(field: str) -> int:
 
 
 def peak_child(spec: str, codes_path: Path, ids_path: Path, out: Path) -> None:
-    import faiss  # imported before the baseline, as `bganhash.index` was (with torch, by the package)
+    import faiss  # imported before the baseline, as `bganhash.index.index` was (with torch, by the package)
 
     codes, ids = np.load(codes_path), np.load(ids_path)
     try:  # reset the high-water mark, so that the peak is the build's, not the imports'

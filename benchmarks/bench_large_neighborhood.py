@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from bganhash._io import write_json
-from bganhash.features import transform_features
-from bganhash.neighborhood import estimate_knn_recall, expand_neighborhood, knn_cosine, positives_per_image
+from bganhash.features.transforms import transform_features
+from bganhash.neighborhood.algorithm import estimate_knn_recall, expand_neighborhood, knn_cosine, positives_per_image
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURE_CACHE = Path.home() / ".cache" / "bganhash" / "features"

@@ -29,8 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from bganhash._io import write_json
-from bganhash.features import transform_features
-from bganhash.neighborhood import (
+from bganhash.features.transforms import transform_features
+from bganhash.neighborhood.algorithm import (
     expand_neighborhood,
     knn_cosine,
     knn_label_precision_curve,

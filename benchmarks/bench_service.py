@@ -61,7 +61,7 @@ def prepare_images(data: Path, workdir: Path, seed: int) -> tuple[Path, Path]:
 
 
 def build_index(database: Path, out: Path, bits: int) -> dict:
-    from bganhash.collection import BuildConfig, Collection, build_collection
+    from bganhash.collection.collection import BuildConfig, Collection, build_collection
 
     if (out / "manifest.json").exists():
         with Collection.load(out) as collection:
@@ -80,7 +80,7 @@ def free_port() -> int:
 
 
 def start_server(index: Path, port: int, threads: int) -> subprocess.Popen:
-    code = ("import sys; from bganhash.service import serve; "
+    code = ("import sys; from bganhash.serve.app import serve; "
             "serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]), torch_threads=int(sys.argv[3]), log_level='warning')")
     process = subprocess.Popen([sys.executable, "-c", code, str(index), str(port), str(threads)])
     deadline = time.monotonic() + 180
@@ -167,7 +167,7 @@ def time_upload_parts(index: Path, queries: list[Path], repeats: int) -> dict:
     """
     import torch
 
-    from bganhash.collection import Collection, decode_query
+    from bganhash.collection.collection import Collection, decode_query
 
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     with Collection.load(index) as collection:

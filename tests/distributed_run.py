@@ -20,9 +20,9 @@ import safetensors.torch
 import scipy.sparse as sp
 import torch
 
-from bganhash.config import BGANConfig, make_config
-from bganhash.model import BGANNetworks
-from bganhash.train import Trainer, TrainingData
+from bganhash.bgan.config import BGANConfig, make_config
+from bganhash.bgan.model import BGANNetworks
+from bganhash.bgan.train import Trainer, TrainingData
 
 N, D, CLASSES, IMAGE = 50, 10, 4, 8
 
@@ -53,7 +53,7 @@ class Stop(SystemExit):
 
 
 def main() -> None:
-    from bganhash.distributed import launched
+    from bganhash.bgan.distributed import launched
 
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)

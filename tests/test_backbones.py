@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from sklearn.datasets import load_sample_images
 
 from bganhash import InputError
-from bganhash.backbones import Backbone, create_backbone, list_backbones
-from bganhash.backbones.efficientnet_lite import (
+from bganhash.features.backbones import create_backbone, list_backbones
+from bganhash.features.backbones.base import Backbone
+from bganhash.features.backbones.efficientnet_lite import (
     Conv2dSame,
     _tf_same_padding,
     efficientnet_lite,

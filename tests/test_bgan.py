@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from bganhash import InputError, NotFittedError
-from bganhash.bgan import BGANHasher, default_image_size
-from bganhash.config import BGANConfig, LossConfig, NetworkConfig, make_config
+from bganhash.bgan.estimator import BGANHasher, default_image_size
+from bganhash.bgan.config import BGANConfig, LossConfig, NetworkConfig, make_config
 from bganhash.hashers.base import Hasher
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -47,7 +47,7 @@ def test_random_state_and_overrides_reach_the_config():
 
 
 def test_knn_method_and_nprobe_reach_the_neighbourhood(monkeypatch):
-    from bganhash import neighborhood
+    from bganhash.neighborhood import algorithm as neighborhood
 
     seen = {}
     original = neighborhood.neighborhood_structure
@@ -164,7 +164,8 @@ def test_pixel_encoder_trains_from_images_and_refuses_features():
 
 def test_encode_from_features_images_paths_and_dataset_agree(tmp_path):
     from bganhash.datasets.base import ArraySource, Dataset
-    from bganhash.features import FeatureConfig, extract_features
+    from bganhash.features.config import FeatureConfig
+    from bganhash.features.extract import extract_features
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)

@@ -36,9 +36,9 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from bganhash.collection import BuildConfig, build_collection  # noqa: E402
-from bganhash.features import FeatureConfig  # noqa: E402
-from bganhash.service import create_app  # noqa: E402
+from bganhash.collection.collection import BuildConfig, build_collection  # noqa: E402
+from bganhash.features.config import FeatureConfig  # noqa: E402
+from bganhash.serve.app import create_app  # noqa: E402
 
 WAIT_S = 60
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bganhash._validation import InputError
-from bganhash.collection import (
+from bganhash.collection.collection import (
     MANIFEST_FILE,
     PAUSE_AFTER_ENV,
     BuildConfig,
@@ -26,10 +26,10 @@ from bganhash.collection import (
     QueryImageError,
     build_collection,
     decode_query,
-    load_hasher,
     small_collection_neighbourhood,
 )
-from bganhash.features import FeatureConfig
+from bganhash.features.config import FeatureConfig
+from bganhash.registry import load_hasher
 
 N_BITS = 16
 FEATURES = FeatureConfig(image_size=32, batch_size=64)
@@ -117,7 +117,7 @@ def test_build_writes_a_loadable_index_with_relative_paths_and_thumbnails(shared
 def test_stored_codes_are_the_hasher_codes_of_the_features(shared):
     from bganhash.codes import pack_codes
     from bganhash.datasets.base import Dataset, FileSource
-    from bganhash.features import extract_features
+    from bganhash.features.extract import extract_features
 
     photos, out = shared
     with Collection.load(out) as collection:
@@ -338,8 +338,8 @@ def test_original_files_are_served_only_from_inside_the_root(shared, tmp_path):
 
 _KILLED_UPDATE = textwrap.dedent("""
     import sys
-    from bganhash.collection import BuildConfig, build_collection
-    from bganhash.features import FeatureConfig
+    from bganhash.collection.collection import BuildConfig, build_collection
+    from bganhash.features.config import FeatureConfig
     build_collection(sys.argv[1], sys.argv[2], update=True, progress=False,
                      config=BuildConfig(method="lsh", n_bits=16), feature_config=FeatureConfig(image_size=32))
 """)

@@ -23,8 +23,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from bganhash import InputError
-from bganhash.distributed import World, read_launch_environment
-from bganhash.train import STATE_FILE
+from bganhash.bgan.distributed import World, read_launch_environment
+from bganhash.bgan.train import STATE_FILE
 from distributed_run import build_trainer, tiny_config, tiny_problem
 
 WORKER = Path(__file__).with_name("distributed_run.py")

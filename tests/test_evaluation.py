@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bganhash import paper
-from bganhash.evaluation import ProtocolData, ResultTable, run_baselines, table_markdown, write_results
+from bganhash.research import paper
+from bganhash.research.protocol import ProtocolData, ResultTable, run_baselines, table_markdown, write_results
 
 
 def clustered_protocol(rng, n_per_class=60, n_classes=6, dim=32) -> ProtocolData:

@@ -8,18 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import bganhash.features as features_module
+import bganhash.features.extract as features_module
 from bganhash import InputError
-from bganhash.backbones import create_backbone
-from bganhash.features import (
-    FeatureConfig,
-    extract_features,
-    feature_cache_dir,
-    feature_cache_path,
-    load_features,
-    preprocess_images,
-    transform_features,
-)
+from bganhash.features.backbones import create_backbone
+from bganhash.features.cache import feature_cache_dir, feature_cache_path, load_features
+from bganhash.features.config import FeatureConfig
+from bganhash.features.extract import extract_features, preprocess_images
+from bganhash.features.transforms import transform_features
 
 SMALL = FeatureConfig(image_size=48, batch_size=4)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bganhash import figures
+from bganhash.research import figures
 from bganhash._validation import InputError
 
 

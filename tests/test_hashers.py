@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bganhash._validation import InputError, NotFittedError
-from bganhash.hashers import BASELINES, HASHERS, ITQ, PCAH, SH, Hasher, SphericalHashing, create_hasher
+from bganhash.hashers import ITQ, PCAH, SH, Hasher, SphericalHashing
+from bganhash.registry import BASELINE_CLASSES, BASELINES, HASHERS, create_hasher, display_name, hasher_class
 
 RANDOMISED = ("lsh", "itq", "sph")
 BIT_LENGTHS = (12, 24, 48)
@@ -117,9 +118,10 @@ def test_create_hasher_names_the_choices_and_parameters():
 
 
 def test_registry_and_display_names():
-    assert tuple(HASHERS) == BASELINES
-    assert [HASHERS[name].display_name for name in BASELINES] == ["LSH", "PCAH", "ITQ", "SH", "SpH"]
-    assert all(issubclass(cls, Hasher) for cls in HASHERS.values())
+    assert tuple(BASELINE_CLASSES) == BASELINES == ("lsh", "pcah", "itq", "sh", "sph")
+    assert HASHERS == ("bgan", *BASELINES)
+    assert [display_name(name) for name in HASHERS] == ["BGAN", "LSH", "PCAH", "ITQ", "SH", "SpH"]
+    assert all(issubclass(hasher_class(name), Hasher) and hasher_class(name).name == name for name in HASHERS)
 
 
 @pytest.mark.parametrize("name", BASELINES)

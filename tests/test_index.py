@@ -10,7 +10,7 @@ import pytest
 
 from bganhash import InputError
 from bganhash.codes import pack_codes
-from bganhash.index import MISSING_DISTANCE, Index
+from bganhash.index.index import MISSING_DISTANCE, Index
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu is not installed")
 # the numpy engine, the default (faiss's IndexBinaryFlat when installed), and faiss by its pre-backend-string name

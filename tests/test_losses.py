@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bganhash import losses
+from bganhash.bgan import losses
 
 
 def _pairwise_oracle(b: np.ndarray, s: np.ndarray, weights: np.ndarray | None = None) -> float:

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from bganhash import InputError
-from bganhash.config import make_config
-from bganhash.model import (
+from bganhash.bgan.config import make_config
+from bganhash.bgan.model import (
     BGANNetworks,
     Discriminator,
     FinetuneEncoder,

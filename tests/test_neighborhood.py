@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bganhash import neighborhood
+from bganhash.neighborhood import algorithm as neighborhood
 from bganhash._validation import InputError
-from bganhash.neighborhood import (
+from bganhash.neighborhood.algorithm import (
     expand_neighborhood,
     knn_cosine,
     knn_label_precision_curve,

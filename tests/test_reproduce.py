@@ -14,13 +14,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bganhash import paper
+from bganhash.research import paper
 from bganhash._validation import InputError
 from bganhash.cli._common import CleanErrors
 from bganhash.cli.reproduce import reproduce
 from bganhash.datasets import load_dataset, protocol_split
-from bganhash.report import Document
-from bganhash.reproduce import (
+from bganhash.research.report import Document
+from bganhash.research.reproduce import (
     EXPERIMENTS,
     ReproduceSettings,
     build_plan,

@@ -17,9 +17,9 @@ pytest.importorskip("httpx", reason="FastAPI's test client needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from bganhash.collection import BuildConfig, Collection, build_collection  # noqa: E402
-from bganhash.features import FeatureConfig  # noqa: E402
-from bganhash.service import MAX_K, create_app  # noqa: E402
+from bganhash.collection.collection import BuildConfig, Collection, build_collection  # noqa: E402
+from bganhash.features.config import FeatureConfig  # noqa: E402
+from bganhash.serve.app import MAX_K, create_app  # noqa: E402
 
 MAX_UPLOAD = 200_000
 MAX_PIXELS = 400 * 400

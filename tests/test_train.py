@@ -10,9 +10,9 @@ import scipy.sparse as sp
 import torch
 
 from bganhash import InputError
-from bganhash.config import make_config
-from bganhash.model import BGANNetworks
-from bganhash.train import (
+from bganhash.bgan.config import make_config
+from bganhash.bgan.model import BGANNetworks
+from bganhash.bgan.train import (
     CONFIG_FILE,
     HISTORY_FILE,
     OPTIMIZER_JSON_FILE,
@@ -221,7 +221,7 @@ def test_training_uses_the_configured_threads_and_restores_them():
 
 
 def test_resume_from_a_truncated_checkpoint_names_the_file(tmp_path):
-    from bganhash.train import read_tensors
+    from bganhash.bgan.train import read_tensors
 
     damaged = tmp_path / "weights.safetensors"
     damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")

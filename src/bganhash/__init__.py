@@ -1,9 +1,34 @@
-"""bganhash: unsupervised binary hashing for image retrieval (BGAN), Hamming indexes and retrieval metrics."""
+"""bganhash: unsupervised binary hashing for image retrieval (BGAN), Hamming indexes and retrieval metrics.
 
-__version__ = "0.1.0"  # first: modules imported below record it in the files they write
+Importing the package loads no torch: `BGANHasher` and `Index` are imported on first access.
+"""
 
-from bganhash._validation import InputError, NotFittedError  # noqa: E402
-from bganhash.bgan import BGANHasher  # noqa: E402
-from bganhash.index import Index  # noqa: E402
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bganhash._validation import InputError, NotFittedError
+from bganhash._version import __version__
+
+if TYPE_CHECKING:
+    from bganhash.bgan.estimator import BGANHasher
+    from bganhash.index import Index
 
 __all__ = ["BGANHasher", "Index", "InputError", "NotFittedError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """The heavy public names, imported when first asked for (BGANHasher needs torch)."""
+    if name == "BGANHasher":
+        from bganhash.bgan.estimator import BGANHasher
+
+        return BGANHasher
+    if name == "Index":
+        from bganhash.index import Index
+
+        return Index
+    raise AttributeError(f"module 'bganhash' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

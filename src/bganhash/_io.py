@@ -32,15 +32,36 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     _fsync_directory(target.parent)
 
 
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON document; InputError naming the file, and `what` it should be, when it is missing or corrupted."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing: {what} is incomplete") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as {what} (corrupted: {exc})") from exc
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The numpy arrays of a safetensors file (loading runs no code); InputError naming a missing or damaged file."""
+    import safetensors.numpy
+
+    path = Path(path)
+    try:
+        return safetensors.numpy.load(path.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing: {what} is incomplete") from None
+    except Exception as exc:  # safetensors raises its own error types on corrupt headers
+        raise InputError(f"cannot read {path} as {what} (corrupted: {exc})") from exc
+
+
 def read_versioned_json(path: Path, format_name: str, max_version: int, what: str) -> dict[str, Any]:
     """Read a JSON document of ours, checking its `format` name and that its `format_version` is one we
     can read; InputError names the file and the problem. `what` says what the file should be."""
     if not path.is_file():
         raise InputError(f"{path.parent} is not {what}: {path.name} is missing")
-    try:
-        document = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path} as {what} (corrupted: {exc})") from exc
+    document = read_json(path, what)
     if not isinstance(document, dict) or document.get("format") != format_name:
         raise InputError(f"{path} is not {what} (format {format_name!r} expected)")
     version = document.get("format_version")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
+from typing import Iterator
 
 
 def import_faiss(needed_for: str):
@@ -34,6 +36,23 @@ def usable_cpus() -> int:
             raise ValueError(f"${THREADS_VARIABLE}={cap!r}: expected a positive whole number of threads")
         cores = min(cores, int(cap))
     return cores
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None = None) -> Iterator[None]:
+    """Run the block on `count` torch CPU threads (None: as many as `usable_cpus`, never more than torch
+    had; 0: unchanged), then restore torch's setting. The one thread limit bganhash's torch code uses."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count is None:
+        count = max(1, min(previous, usable_cpus()))
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def machine_description() -> str:

@@ -29,6 +29,11 @@ ROWS_PER_SORT = 4
 SELECTION_MAX_SHARE = 1 / 8
 
 
+def code_bytes(n_bits: int) -> int:
+    """Bytes of one packed code of `n_bits` bits (the last byte zero-padded, as numpy.packbits makes it)."""
+    return (int(n_bits) + 7) // 8
+
+
 def to_bits(codes: Any, name: str = "codes") -> np.ndarray:
     """Return `codes` ({-1,+1}, {0,1} or bool, shape (n, n_bits)) as a bool array, True for +1/1."""
     array = as_2d_array(codes, name, "(n, n_bits)")
@@ -76,7 +81,7 @@ def check_packed(packed: Any, name: str, n_bits: int | None = None) -> np.ndarra
     if array.ndim != 2 or array.shape[1] == 0:
         raise InputError(f"{name} must be 2-D (n, n_bytes) with n_bytes >= 1; got shape {array.shape}")
     if n_bits is not None:
-        n_bytes = (n_bits + 7) // 8
+        n_bytes = code_bytes(n_bits)
         if array.shape[1] != n_bytes:
             raise InputError(f"{name} has {array.shape[1]} bytes per code; {n_bits} bits pack to {n_bytes}")
         if n_bits % 8 and np.any(array[:, -1] & np.uint8(0xFF >> (n_bits % 8))):

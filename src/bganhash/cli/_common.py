@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bganhash._validation import InputError
+from bganhash.registry import BASELINES
 
 DATASET_CHOICES = ("digits", "cifar10", "folder", "nuswide", "mirflickr")
 
@@ -36,8 +37,6 @@ def parse_bits(_ctx, _param, value: str) -> list[int]:
 
 def parse_methods(_ctx, _param, value: str) -> list[str]:
     """Parse "lsh,itq" into names, checking each against the hasher registry."""
-    from bganhash.hashers import BASELINES
-
     methods = [m.strip().lower() for m in value.split(",") if m.strip()]
     unknown = [m for m in methods if m not in BASELINES]
     if unknown or not methods:
@@ -80,7 +79,7 @@ def data_options(command):
 
 def feature_config(backbone: str | None, image_size: int | None):
     """A FeatureConfig from CLI options, leaving unset ones at the library defaults."""
-    from bganhash.features import FeatureConfig
+    from bganhash.features.config import FeatureConfig
 
     overrides = {k: v for k, v in {"backbone": backbone, "image_size": image_size}.items() if v is not None}
     return FeatureConfig(**overrides)

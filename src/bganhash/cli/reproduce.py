@@ -10,7 +10,7 @@ from bganhash.cli._common import data_options, emit, feature_config, parse_bits,
 
 
 def _parse_only(_ctx, _param, value: str | None):
-    from bganhash.reproduce import parse_only
+    from bganhash.research.reproduce import parse_only
 
     try:
         return parse_only(value)
@@ -42,8 +42,8 @@ def reproduce(dataset, data, features_path, backbone, image_size, seed, out, onl
               split_path, jobs, as_json) -> None:
     """Run the paper's protocol and write a self-contained report (Markdown, HTML, JSON) under --out."""
     from bganhash._system import usable_cpus
-    from bganhash.reproduce import ReproduceSettings
-    from bganhash.reproduce import reproduce as run_reproduction
+    from bganhash.research.reproduce import ReproduceSettings
+    from bganhash.research.reproduce import reproduce as run_reproduction
 
     settings = ReproduceSettings(
         dataset=dataset, data=None if data is None else str(Path(data).resolve()),

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from bganhash.cli._common import data_options, emit, feature_config, parse_bits, parse_methods, parse_overrides
-from bganhash.evaluation import table_markdown
+from bganhash.research.protocol import table_markdown
 
 
 @click.command()
@@ -22,7 +22,7 @@ def features(dataset, data, features_path, backbone, image_size, seed, out, as_j
 
     from bganhash._io import atomic_write
     from bganhash.datasets import load_dataset
-    from bganhash.features import extract_features
+    from bganhash.features.extract import extract_features
 
     if features_path is not None:
         raise click.UsageError("--features makes no sense here: this command computes features")
@@ -51,7 +51,7 @@ def features(dataset, data, features_path, backbone, image_size, seed, out, as_j
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
 def baselines(dataset, data, features_path, backbone, image_size, seed, bits, methods, out, as_json) -> None:
     """Run the classic baselines (LSH, PCAH, ITQ, SH, SpH) under the paper's protocol: a Table-3-style report."""
-    from bganhash.evaluation import run_baselines, write_results
+    from bganhash.research.protocol import run_baselines, write_results
 
     protocol = prepare_for(dataset, data, features_path, feature_config(backbone, image_size), seed)
     out = out or Path("results") / f"baselines-{dataset}"
@@ -87,9 +87,9 @@ def train(dataset, data, features_path, backbone, image_size, seed, bits, preset
     Under `torchrun --nproc_per_node=N -m bganhash train ...` the N processes train each model together
     (DistributedDataParallel, every mini-batch split across them); rank 0 alone scores, writes and prints.
     """
-    from bganhash.bgan import BGANHasher
-    from bganhash.distributed import launched
-    from bganhash.evaluation import ResultTable, fit_bgan, protocol_metadata, run_baselines, score_hasher, write_results
+    from bganhash.bgan.estimator import BGANHasher
+    from bganhash.bgan.distributed import launched
+    from bganhash.research.protocol import ResultTable, fit_bgan, protocol_metadata, run_baselines, score_hasher, write_results
 
     features = feature_config(backbone, image_size)
     out = out or Path("runs") / f"bgan-{dataset}"
@@ -124,7 +124,7 @@ def train(dataset, data, features_path, backbone, image_size, seed, bits, preset
 
 def prepare_for(dataset, data, features_path, features, seed, progress: bool = True):
     """The protocol data a research command works on (split, labels, features)."""
-    from bganhash.evaluation import prepare_protocol
+    from bganhash.research.protocol import prepare_protocol
 
     return prepare_protocol(dataset, data, features_path=features_path, feature_config=features, seed=seed,
                             progress=progress)
@@ -143,7 +143,7 @@ def encode(model, inputs, out, packed, as_json) -> None:
 
     from bganhash._io import atomic_write, write_json
     from bganhash.codes import pack_codes
-    from bganhash.hashers import load_hasher
+    from bganhash.registry import load_hasher
 
     hasher = load_hasher(model)
     sources, codes = encode_inputs(hasher, inputs)
@@ -163,7 +163,7 @@ def encode_inputs(hasher, inputs: tuple[Path, ...]):
 
     from bganhash._validation import InputError
     from bganhash.datasets import load_dataset
-    from bganhash.features import load_features
+    from bganhash.features.cache import load_features
 
     if len(inputs) == 1 and inputs[0].suffix == ".npy":
         features = load_features(inputs[0])

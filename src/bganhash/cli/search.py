@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from bganhash.cli._common import emit, feature_config
-from bganhash.collection import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, METHODS
+from bganhash.collection.collection import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from bganhash.registry import HASHERS
 
 _QUERY_BATCH = 64
 
@@ -20,7 +21,7 @@ _QUERY_BATCH = 64
               help="Update an existing index: encode only new or changed images, drop the ones that are gone.")
 @click.option("--model", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="A saved hasher directory to use instead of training one on the images.")
-@click.option("--method", type=click.Choice(METHODS), default="bgan", show_default=True,
+@click.option("--method", type=click.Choice(HASHERS), default="bgan", show_default=True,
               help="Hasher to train when no --model is given (itq is the quick one).")
 @click.option("--bits", type=click.IntRange(8, 1024), default=64, show_default=True, help="Code length.")
 @click.option("--max-train", type=click.IntRange(2), default=10_000, show_default=True,
@@ -43,7 +44,7 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
 
     Method, bits and backbone apply to a new index; --update keeps the index's own model.
     """
-    from bganhash.collection import BuildConfig, build_collection
+    from bganhash.collection.collection import BuildConfig, build_collection
 
     config = BuildConfig(method=method, n_bits=bits, max_train=max_train, thumbnail_size=thumbnail_size, seed=seed,
                          backend=backend).validate()  # a bad --backend fails here, before any work
@@ -69,7 +70,7 @@ def search(index_dir, query, k, as_json) -> None:
 
     The search uses the backend the index was built with (exact for "flat", approximate for hnsw and mih).
     """
-    from bganhash.collection import Collection
+    from bganhash.collection.collection import Collection
 
     queries, skipped = _query_images(query)
     with Collection.load(index_dir) as collection:
@@ -93,7 +94,7 @@ def search(index_dir, query, k, as_json) -> None:
 def _query_images(query: Path) -> tuple[list, list]:
     """(name, image) for a query file, or for each readable image of a query folder, plus the skipped ones."""
     from bganhash._validation import InputError
-    from bganhash.collection import read_query_file
+    from bganhash.collection.collection import read_query_file
     from bganhash.datasets.folder import list_image_files
 
     if not query.exists():
@@ -124,7 +125,7 @@ def _query_images(query: Path) -> tuple[list, list]:
               help="Torch threads for the backbone (default: up to 4).")
 def serve(index_dir, host, port, max_upload_bytes, max_pixels, threads) -> None:
     """Serve INDEX_DIR: a search page at /, a JSON API (POST /search, GET /images/ID, /thumbnails/ID) and /docs."""
-    from bganhash.service import serve as run_service
+    from bganhash.serve.app import serve as run_service
 
     run_service(index_dir, host, port, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                 torch_threads=threads)

@@ -32,6 +32,7 @@ class Hasher(ABC):
     `_set_state`.
     """
 
+    name: ClassVar[str] = ""  # the registry name (bganhash.registry), e.g. "itq"
     display_name: ClassVar[str] = "Hasher"
 
     def __init__(self, n_bits: int, random_state: int | None = None) -> None:
@@ -181,9 +182,8 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 
 
 def _resolve_class(name: Any, directory: Path) -> type[Hasher]:
-    """The registered Hasher subclass called `name`."""
-    import bganhash.hashers  # noqa: F401  (registers the built-in hashers)
-
+    """The Hasher subclass called `name` (every subclass registers itself when its module is imported;
+    `bganhash.registry.load_hasher` imports them all)."""
     if name not in _REGISTERED_CLASSES:
         known = ", ".join(sorted(_REGISTERED_CLASSES))
         raise InputError(f"{directory} holds an unknown hasher class {name!r}; known classes: {known}")

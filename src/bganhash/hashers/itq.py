@@ -34,6 +34,7 @@ class ITQ(Hasher):
         after each update.
     """
 
+    name = "itq"
     display_name = "ITQ"
 
     def __init__(self, n_bits: int, random_state: int | None = None, n_iter: int = 50) -> None:

@@ -23,6 +23,7 @@ class LSH(Hasher):
     projection_ : (n_features, n_bits) float32 Gaussian projection matrix.
     """
 
+    name = "lsh"
     display_name = "LSH"
 
     def _fit(self, X: np.ndarray) -> None:

@@ -26,6 +26,7 @@ class PCAH(Hasher):
     explained_variance_ : (n_bits,) float64 variance along each direction.
     """
 
+    name = "pcah"
     display_name = "PCAH"
 
     def _check_params(self, X: np.ndarray) -> None:

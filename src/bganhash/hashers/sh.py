@@ -33,6 +33,7 @@ class SH(Hasher):
     modes_ : (n_bits, n_pca) int64; row i holds the frequency k of bit i in its one non-zero column.
     """
 
+    name = "sh"
     display_name = "SH"
 
     def _fit(self, X: np.ndarray) -> None:

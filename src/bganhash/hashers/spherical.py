@@ -44,6 +44,7 @@ class SphericalHashing(Hasher):
     converged_ : bool whether the overlap tolerances were met.
     """
 
+    name = "sph"
     display_name = "SpH"
 
     def __init__(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bganhash.config import BGANConfig, check_image_size
+from bganhash.bgan.config import BGANConfig, check_image_size
 
 VGG_GROUPS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # Table 1: (filters, conv layers)
 BASE_SIZE = 8  # the generator's fully connected layer makes 8x8 maps (Section 3.2.3)
@@ -202,7 +202,7 @@ class BGANNetworks(nn.Module):
             self.encoder = VGGEncoder(image_size, net.head_hidden, net.width_factor)
         else:
             if backbone is None:
-                from bganhash.backbones import create_backbone
+                from bganhash.features.backbones import create_backbone
 
                 backbone = create_backbone(net.backbone)
             self.encoder = FinetuneEncoder(backbone, backbone_input_size, net.head_hidden)

@@ -2,7 +2,7 @@
 
 Each pass is a plain loop over rows with a dense marker array of length n, so time is linear in
 n·K1·K2 plus the size of S, and memory is the size of S plus the lists: never n². The rules (ties,
-the zero-overlap fill-up) are documented in `bganhash.neighborhood`; `expand_neighborhood` there is
+the zero-overlap fill-up) are documented in `bganhash.neighborhood.algorithm`; `expand_neighborhood` there is
 the public entry point and checks the input.
 """
 

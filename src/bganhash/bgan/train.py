@@ -7,7 +7,7 @@ encoder and W_h descend l_N + lambda1 l_C (+ the quantisation term) (Eq. 18, 21)
 descends lambda1 l_C + lambda2 l_A (Eq. 19), both from one forward pass.
 
 Under torchrun each process trains on its shard of every mini-batch and the result equals one process
-with the same global batch; how the gradients are made equal is explained in `bganhash.distributed`.
+with the same global batch; how the gradients are made equal is explained in `bganhash.bgan.distributed`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from bganhash._io import atomic_write, write_json
 from bganhash._validation import InputError
-from bganhash.config import BGANConfig
-from bganhash.distributed import World, current_world
-from bganhash.losses import (
+from bganhash.bgan.config import BGANConfig
+from bganhash.bgan.distributed import World, current_world
+from bganhash.bgan.losses import (
     adversarial_objective,
     content_loss,
     discriminator_loss,
@@ -40,7 +40,7 @@ from bganhash.losses import (
     neighborhood_loss,
     quantization_loss,
 )
-from bganhash.model import BGANNetworks, FinetuneEncoder, relax_sign
+from bganhash.bgan.model import BGANNetworks, FinetuneEncoder, relax_sign
 
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"

@@ -40,15 +40,15 @@ import safetensors.numpy
 
 from bganhash._io import atomic_write, read_versioned_json, write_json
 from bganhash._validation import InputError, check_positive_int
+from bganhash.registry import HASHERS, create_hasher, hasher_name, load_hasher
 
 if TYPE_CHECKING:
-    from bganhash.hashers import Hasher
+    from bganhash.hashers.base import Hasher
 
 FORMAT_NAME = "bganhash-collection"
 FORMAT_VERSION = 2  # 2: the manifest names the search backend, and may list an index-NNNNNN.bgidx
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
-METHODS = ("bgan", "itq", "lsh", "pcah", "sh", "sph")
 PAUSE_AFTER_ENV = "BGANHASH_PAUSE_AFTER_FILES"  # crash-safety tests: stall a write after this many files
 _GENERATION_FILE = re.compile(r"^(model|codes|items|thumbs|report|index)-(\d{6})(\.[a-z]+)?$")
 _THUMBNAIL_QUALITY = 85
@@ -69,10 +69,10 @@ class BuildConfig:
     backend: str | None = None
 
     def validate(self) -> BuildConfig:
-        from bganhash.index import parse_backend
+        from bganhash.index.index import parse_backend
 
-        if self.method not in METHODS:
-            raise InputError(f"method={self.method!r} must be one of {METHODS}")
+        if self.method not in HASHERS:
+            raise InputError(f"method={self.method!r} must be one of {HASHERS}")
         if self.backend is not None:
             parse_backend(self.backend)
         check_positive_int(self.n_bits, "n_bits")
@@ -199,8 +199,8 @@ class Collection:
 
     def __init__(self, path: Path, manifest: dict[str, Any], items: dict[str, Any], codes: np.ndarray,
                  ids: np.ndarray, hasher: Any, index: Any = None) -> None:
-        from bganhash.features import FeatureConfig
-        from bganhash.index import Index
+        from bganhash.features.config import FeatureConfig
+        from bganhash.index.index import Index
 
         self.path = path
         self.manifest = manifest
@@ -243,7 +243,7 @@ class Collection:
         hasher = load_hasher(directory / manifest["model"], manifest["method"])
         index = None
         if manifest.get("index"):
-            from bganhash.index import Index
+            from bganhash.index.index import Index
 
             index = Index.load(directory / manifest["index"])
             if index.n_bits != int(manifest["n_bits"]) or not np.array_equal(index.ids, ids):
@@ -280,8 +280,8 @@ class Collection:
         """Backbone features of decoded images, preprocessed exactly as the indexed images were."""
         import torch
 
-        from bganhash.backbones import create_backbone
-        from bganhash.features import preprocess_images
+        from bganhash.features.backbones import create_backbone
+        from bganhash.features.extract import preprocess_images
 
         if not len(images):
             raise InputError("no images to encode")
@@ -396,28 +396,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_hasher(path: str | os.PathLike, method: str | None = None) -> Hasher:
-    """A saved hasher (see `bganhash.hashers.load_hasher`), checked against the manifest's `method`."""
-    from bganhash.hashers import load_hasher as load_any_hasher
-
-    hasher = load_any_hasher(path)
-    if method is not None and method_of(hasher) != method:
-        raise InputError(f"{path} holds a {type(hasher).__name__}, but the manifest says {method!r}")
-    return hasher
-
-
-def method_of(hasher: Any) -> str:
-    """The registry name of a hasher instance ("bgan" for BGANHasher)."""
-    from bganhash.hashers import HASHERS
-
-    for name, hasher_class in HASHERS.items():
-        if type(hasher) is hasher_class:
-            return name
-    if type(hasher).__name__ == "BGANHasher":
-        return "bgan"
-    raise InputError(f"{type(hasher).__name__} is not a hasher bganhash can store in an index")
-
-
 # ---------------------------------------------------------------------------------------------- building
 
 
@@ -438,7 +416,7 @@ def build_collection(
     new or changed since the last build are encoded, and images that disappeared are dropped.
     """
     from bganhash.datasets.folder import list_image_files
-    from bganhash.features import extract_features
+    from bganhash.features.extract import extract_features
 
     start = time.perf_counter()
     config = (config or BuildConfig()).validate()
@@ -457,7 +435,7 @@ def build_collection(
                                  if members else f"no image files found in {source}")
             state = previous or _fresh_state(root, model, feature_config)
             if config.backend is not None:
-                from bganhash.index import parse_backend
+                from bganhash.index.index import parse_backend
 
                 state.backend = str(parse_backend(config.backend))
             features = None if dataset is None else extract_features(dataset, state.feature_config, progress=progress)
@@ -532,12 +510,12 @@ def _previous_state(out: Path, root: Path, update: bool, model: Any) -> _State |
 
 def _fresh_state(root: Path, model: Any, feature_config: Any) -> _State:
     """A new index's state; with a saved `model`, its hasher (and its feature config, unless one is given)."""
-    from bganhash.features import FeatureConfig
+    from bganhash.features.config import FeatureConfig
 
     state = _State(root=root, generation=0, next_id=0, method=None, n_bits=None, feature_config=feature_config)
     if model is not None:
         state.hasher = load_hasher(model)
-        state.method, state.n_bits = method_of(state.hasher), int(state.hasher.n_bits)
+        state.method, state.n_bits = hasher_name(state.hasher), int(state.hasher.n_bits)
         own = getattr(state.hasher, "feature_config", None)
         if state.feature_config is None and own is not None:
             state.feature_config = own if isinstance(own, FeatureConfig) else FeatureConfig(**own)
@@ -592,13 +570,11 @@ def _train_hasher(dataset: Any, features: np.ndarray, state: _State, config: Bui
     train, features = dataset.subset(picked), features[picked]
     state.method, state.n_bits = config.method, config.n_bits
     if config.method == "bgan":
-        from bganhash.bgan import BGANHasher
+        from bganhash.bgan.estimator import BGANHasher
 
         params = {**small_collection_neighbourhood(len(train)), **config.hasher_params}
         hasher = BGANHasher(config.n_bits, random_state=config.seed, feature_config=state.feature_config, **params)
         return hasher.fit(features, images=train.to_array(size=32), progress=progress)
-    from bganhash.hashers import create_hasher
-
     return create_hasher(config.method, config.n_bits, random_state=config.seed, **config.hasher_params).fit(features)
 
 
@@ -651,7 +627,7 @@ def _write_generation(out: Path, state: _State, kept_rows: np.ndarray, dataset: 
         handle.write(safetensors.numpy.save({"codes": codes, "ids": ids.astype(np.int64)}))
     after_file()
     if state.backend != "flat":  # an approximate backend's structure is built once here, not at every load
-        from bganhash.index import Index
+        from bganhash.index.index import Index
 
         index = Index(int(state.n_bits), state.backend)
         index.add_packed(codes, ids.astype(np.int64))

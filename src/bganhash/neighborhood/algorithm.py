@@ -104,12 +104,12 @@ def estimate_knn_recall(features: Any, knn_indices: Any, n_sample: int = 1000, s
 def expand_neighborhood(knn_indices: Any, k2: int = 30) -> sp.csr_matrix:
     """Return S's positives (boolean, symmetric csr) from (n, K1 + 1) K-NN lists by Algorithm 1.
 
-    Compiled row loops (`bganhash._expansion`): overlaps through the inverted lists (the sparse
+    Compiled row loops (`bganhash.neighborhood._compiled`): overlaps through the inverted lists (the sparse
     product A·Aᵀ, one row at a time), the top K2 per row, the unions L'_i, their union with their
     transpose, and a counting-sort transpose that sorts the rows (S is symmetric). Memory stays
     proportional to n·K1·K2 (the size of S), never n². A k2 larger than n keeps every image.
     """
-    from bganhash import _expansion
+    from bganhash.neighborhood import _compiled as _expansion
 
     lists = _check_knn(knn_indices).astype(np.int32)
     k2 = check_positive_int(k2, "k2", 1)

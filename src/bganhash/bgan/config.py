@@ -96,7 +96,7 @@ class NeighborhoodConfig(_JsonConfig):
     nprobe: int = 16
 
     def validate(self) -> None:
-        from bganhash.neighborhood import KNN_METHODS
+        from bganhash.neighborhood.algorithm import KNN_METHODS
 
         _check_int(self.k1, "k1", 1)
         _check_int(self.k2, "k2", 1)

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from bganhash import paper
+from bganhash.research import paper
 from bganhash._io import write_json, write_text
 from bganhash._system import machine_description
 from bganhash._validation import InputError
@@ -82,7 +82,9 @@ def prepare_protocol(
     """
     from bganhash.datasets import load_dataset
     from bganhash.datasets.splits import protocol_split
-    from bganhash.features import FeatureConfig, extract_features, load_features
+    from bganhash.features.cache import load_features
+    from bganhash.features.config import FeatureConfig
+    from bganhash.features.extract import extract_features
 
     dataset = load_dataset(dataset_name, data, on_error=on_error)
     if dataset.labels is None:
@@ -150,7 +152,7 @@ def run_baselines(
     on_cell: Callable[[str, int, float], None] | None = None,
 ) -> ResultTable:
     """Evaluate each baseline at each bit length under the protocol; `on_cell` reports progress."""
-    from bganhash.hashers import BASELINES, create_hasher
+    from bganhash.registry import BASELINES, create_hasher
 
     table = ResultTable(dataset=data.dataset.name, bits=list(bits), metadata=protocol_metadata(data, seed))
     for method in methods or BASELINES:
@@ -226,9 +228,9 @@ def _paper_value(values: tuple, n_bits: int) -> float | None:
 
 
 def _display_names() -> dict[str, str]:
-    from bganhash.hashers import hasher_classes
+    from bganhash.registry import HASHERS, display_name
 
-    return {name: getattr(cls, "display_name", name) for name, cls in hasher_classes().items()}
+    return {name: display_name(name) for name in HASHERS}
 
 
 def _fmt(value: float | None) -> str:

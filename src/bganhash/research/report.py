@@ -1,7 +1,7 @@
 """The reproduction report: tables beside the paper's numbers, figures, and the JSON of every number.
 
-Assembled only from the cell files a run wrote under `<out>/cells/` (see `bganhash.reproduce`) and
-the published numbers in `bganhash.paper`, so nothing in it is typed in by hand.
+Assembled only from the cell files a run wrote under `<out>/cells/` (see `bganhash.research.reproduce`) and
+the published numbers in `bganhash.research.paper`, so nothing in it is typed in by hand.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from bganhash import paper
+from bganhash.research import paper
 from bganhash._io import write_json
 from bganhash._system import machine_description
-from bganhash.reproduce import (
+from bganhash.registry import display_name
+from bganhash.research.reproduce import (
     BASELINE_METHODS,
     FIGURE_BITS,
     GALLERY_TOP,
@@ -179,7 +180,7 @@ def assemble_report(out: Path, settings: ReproduceSettings, data,
 
 def run_information(settings: ReproduceSettings, data, cells: dict[str, tuple[Cell, dict]]) -> dict[str, Any]:
     """What every table's notes say: data copy, features, split, preset, ranking rule, machine."""
-    from bganhash.evaluation import RANKING_RULE
+    from bganhash.research.protocol import RANKING_RULE
 
     presets = sorted({result["config"]["preset"] for _, result in cells.values() if "config" in result})
     jpeg_copy = settings.dataset == "cifar10" and str(settings.data or "").endswith(".zip")
@@ -264,14 +265,12 @@ def _table2_paper(row: str, published: float | None, dataset: str) -> str:
 
 
 def _table3(doc: Document, results: dict, dataset: str, info: dict) -> dict:
-    from bganhash.hashers import HASHERS
-
     bits = _bits_done(results, "table3")
     doc.heading(2, f"Table 3: unsupervised methods on {info['dataset_label']} (mAP@all)")
     header = ["Method"] + [f"{b} bits" for b in bits]
     rows, numbers, published = [], {}, paper.TABLE3.get(dataset, {})
     for method in ("bgan", *BASELINE_METHODS):
-        name = "BGAN" if method == "bgan" else HASHERS[method].display_name
+        name = display_name(method)
         ours = [results.get(("table3", method, b)) for b in bits]
         numbers[method] = {str(b): (r["map"] if r else None) for b, r in zip(bits, ours)}
         rows.append([f"{name} (ours)"] + [_fmt(r["map"]) if r else "not run" for r in ours])
@@ -373,7 +372,7 @@ def _concurrency(results: dict, bits: list[int]) -> str:
 
 
 def _figures(doc: Document, out: Path, results: dict, data) -> list[Path]:
-    from bganhash import figures
+    from bganhash.research import figures
 
     folder, made = out / "figures", []
     doc.heading(2, "Figures")
@@ -398,9 +397,7 @@ def _figures(doc: Document, out: Path, results: dict, data) -> list[Path]:
 
 
 def _method_name(method: str) -> str:
-    from bganhash.hashers import HASHERS
-
-    return "BGAN" if method == "bgan" else HASHERS[method].display_name
+    return display_name(method)
 
 
 def _figure_bits(results: dict) -> int | None:
@@ -409,7 +406,7 @@ def _figure_bits(results: dict) -> int | None:
 
 
 def _figure6_and_gallery(doc: Document, folder: Path, results: dict, data) -> list[Path]:
-    from bganhash import figures
+    from bganhash.research import figures
 
     bits, made = _figure_bits(results), []
     if bits is None:

@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bganhash._validation import InputError
-from bganhash.collection import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Collection, Match, QueryImageError, decode_query
+from bganhash.collection.collection import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Collection, Match, QueryImageError, decode_query
 
 DEFAULT_K = 10
 MAX_K = 100
@@ -200,7 +200,7 @@ def _add_routes(app: FastAPI, service: SearchService) -> None:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("bganhash.web").joinpath("search.html").read_text(encoding="utf-8"))
+        return HTMLResponse(resources.files("bganhash.serve").joinpath("search.html").read_text(encoding="utf-8"))
 
     @app.get("/health", summary="Liveness, and what the service has loaded")
     def health() -> dict[str, Any]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bganhash._validation import InputError
-from bganhash.backbones import Backbone
+from bganhash.features.backbones.base import Backbone
 
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280

@@ -12,11 +12,11 @@ import scipy.sparse
 import torch
 
 from bganhash._validation import InputError, check_features, check_fitted, check_positive_int
-from bganhash.config import BGANConfig, check_image_size, make_config, override_config
-from bganhash.features import transform_centre, transform_features
+from bganhash.bgan.config import BGANConfig, check_image_size, make_config, override_config
+from bganhash.features.transforms import transform_centre, transform_features
 from bganhash.hashers.base import Hasher
-from bganhash.model import BGANNetworks, images_to_tensor
-from bganhash.train import Trainer, TrainingData
+from bganhash.bgan.model import BGANNetworks, images_to_tensor
+from bganhash.bgan.train import Trainer, TrainingData
 
 def default_image_size(height: int, width: int, max_size: int = 64) -> int:
     """The largest valid reconstruction side (8 * 2**k) not above the images' side nor `max_size`."""
@@ -63,6 +63,7 @@ class BGANHasher(Hasher):
     n_features_in_ : int.
     """
 
+    name = "bgan"
     display_name = "BGAN"
 
     def __init__(self, n_bits: int = 32, preset: str = "auto", random_state: int | None = None,
@@ -159,7 +160,7 @@ class BGANHasher(Hasher):
     def _similarity(self, inputs: np.ndarray, neighborhood: Any, labels: Any, config: BGANConfig,
                     progress: bool = False):
         """S's positives, as an (n, n) boolean CSR matrix."""
-        from bganhash.neighborhood import label_neighborhood, neighborhood_structure
+        from bganhash.neighborhood.algorithm import label_neighborhood, neighborhood_structure
 
         n = inputs.shape[0]
         if neighborhood is not None:
@@ -178,7 +179,7 @@ class BGANHasher(Hasher):
     def _build_networks(self, config: BGANConfig, n_features: int, image_size: int, pretrained: bool) -> BGANNetworks:
         backbone, input_size = None, 224
         if config.network.encoder == "finetune":
-            from bganhash.backbones import create_backbone
+            from bganhash.features.backbones import create_backbone
 
             backbone = create_backbone(config.network.backbone, pretrained=pretrained)
             input_size = self._feature_config().image_size
@@ -245,7 +246,7 @@ class BGANHasher(Hasher):
         return torch.cat(chunks).cpu().numpy() if chunks else np.empty((0, self.n_bits), np.int8)
 
     def _feature_config(self) -> Any:
-        from bganhash.features import FeatureConfig
+        from bganhash.features.config import FeatureConfig
 
         if self.feature_config is None:
             return FeatureConfig()
@@ -255,8 +256,8 @@ class BGANHasher(Hasher):
 
     def _extract(self, dataset: Any, progress: bool) -> np.ndarray:
         """Backbone features of `dataset` with the stored feature configuration (in batches)."""
-        from bganhash.backbones import create_backbone
-        from bganhash.features import compute_features
+        from bganhash.features.backbones import create_backbone
+        from bganhash.features.extract import compute_features
 
         config = self._feature_config().validate()
         if getattr(self, "_backbone", None) is None or self._backbone_name != config.backbone:

@@ -4,7 +4,7 @@ A cell is one (experiment, method or variant, bit length) unit of work; its resu
 file under `<out>/cells/<id>.json`, written atomically as soon as it completes. A re-run skips the
 cells that exist, and the report (report.md, report.html, results.json) is assembled from the cell
 files only, so every number of ours in it was produced by a run, and every published one comes from
-`bganhash.paper`. BGAN cells are keyed by their resolved configuration, so a variant shared by two
+`bganhash.research.paper`. BGAN cells are keyed by their resolved configuration, so a variant shared by two
 tables (the full model is Table 2's N+C+A, Table 3's BGAN and Table 4's app) is trained once.
 """
 
@@ -23,11 +23,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bganhash import paper
+from bganhash.research import paper
 from bganhash._io import write_json
 from bganhash._system import usable_cpus
 from bganhash._validation import InputError, check_positive_int
-from bganhash.hashers import BASELINES
+from bganhash.registry import BASELINES
 
 EXPERIMENTS = ("table2", "table3", "table4", "table5", "table6", "figure2", "figure5")
 # Figures 4 and 6 and the gallery are drawn from Table 3's cells.
@@ -205,7 +205,7 @@ def _bgan_cell(settings: ReproduceSettings, experiment: str, row: str, n_bits: i
 
 
 def _bgan_hasher(settings: ReproduceSettings, n_bits: int, overrides: dict[str, Any]):
-    from bganhash.bgan import BGANHasher
+    from bganhash.bgan.estimator import BGANHasher
 
     return BGANHasher(n_bits, preset=settings.preset, random_state=settings.seed,
                       feature_config=settings.feature_config, **overrides)
@@ -247,7 +247,7 @@ def check_run_identity(out: Path, settings: ReproduceSettings) -> None:
 def load_protocol_data(settings: ReproduceSettings, progress: bool = True):
     """Dataset, features and split; under --quick a seeded random subset of each part of the split."""
     from bganhash.datasets.splits import Split
-    from bganhash.evaluation import prepare_protocol
+    from bganhash.research.protocol import prepare_protocol
 
     split = Split.load(settings.split_path) if settings.split_path else None
     data = prepare_protocol(settings.dataset, settings.data, features_path=settings.features_path,
@@ -423,7 +423,7 @@ def compute_cell(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndar
 
 
 def _baseline_cell(params: dict, settings: ReproduceSettings, data, gallery: np.ndarray) -> dict[str, Any]:
-    from bganhash.hashers import create_hasher
+    from bganhash.registry import create_hasher
 
     hasher = create_hasher(params["method"], params["bits"], random_state=settings.seed)
     started = time.perf_counter()
@@ -436,7 +436,7 @@ def _baseline_cell(params: dict, settings: ReproduceSettings, data, gallery: np.
 def _bgan_result(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndarray, out: Path,
                  progress: bool = True) -> dict[str, Any]:
     """Train one BGAN variant (resumable at beta-stage granularity), then measure its codes."""
-    from bganhash.evaluation import fit_bgan
+    from bganhash.research.protocol import fit_bgan
 
     params = cell.params
     hasher = _bgan_hasher(settings, params["bits"], params["overrides"])
@@ -525,7 +525,7 @@ def _convergence_cell(params: dict, settings: ReproduceSettings, data, progress:
     """Figure 5: train the full model on the training images less a validation set carved from them,
     logging the losses and the validation mAP every epoch (the test queries are never seen)."""
     from bganhash.datasets.splits import validation_split
-    from bganhash.evaluation import fit_bgan
+    from bganhash.research.protocol import fit_bgan
 
     validation = replace(data, split=validation_split(data.split, seed=settings.seed))
     hasher = _bgan_hasher(settings, params["bits"], params["overrides"])
@@ -539,8 +539,8 @@ def _convergence_cell(params: dict, settings: ReproduceSettings, data, progress:
 
 def _figure2_cell(settings: ReproduceSettings, data) -> dict[str, Any]:
     """Figure 2 on the training images' features, transformed as BGAN's K-NN sees them."""
-    from bganhash.bgan import fit_input_transform
-    from bganhash.neighborhood import knn_label_precision_curve
+    from bganhash.bgan.estimator import fit_input_transform
+    from bganhash.neighborhood.algorithm import knn_label_precision_curve
 
     config = _bgan_hasher(settings, FIGURE_BITS, settings.bgan_overrides(FULL_MODEL)).resolved_config()
     features, labels = data.part("train")
@@ -554,8 +554,9 @@ def _timing_cell(settings: ReproduceSettings, data) -> dict[str, Any]:
     """Per-image backbone time on the query images (features are part of encoding a new image)."""
     if settings.features_path is not None:
         return {"backbone_ms_per_image": None, "note": "precomputed features: no backbone was run"}
-    from bganhash.backbones import create_backbone
-    from bganhash.features import FeatureConfig, compute_features
+    from bganhash.features.backbones import create_backbone
+    from bganhash.features.config import FeatureConfig
+    from bganhash.features.extract import compute_features
 
     config = settings.feature_config or FeatureConfig()
     subset = data.dataset.subset(data.split.query[:TIMING_IMAGES])
@@ -570,6 +571,6 @@ def _timing_cell(settings: ReproduceSettings, data) -> dict[str, Any]:
 
 def write_report(out: Path, settings: ReproduceSettings, data, requested: dict[str, list[int]]) -> dict[str, Path]:
     """Assemble the report (report.md, report.html, the JSON files, the figures) from the cells under `out`."""
-    from bganhash.report import write_report as assemble
+    from bganhash.research.report import write_report as assemble
 
     return assemble(out, settings, data, requested)

@@ -1,0 +1,1 @@
+"""A searchable image collection on disk: model, codes, paths and thumbnails, written in generations."""

@@ -1,0 +1,1 @@
+"""Image features: backbones (registry, EfficientNet-Lite), extraction (batched, cached) and transforms."""

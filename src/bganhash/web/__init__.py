@@ -1,1 +1,0 @@
-"""Static files of the search page the service serves at GET /."""
