@@ -32,6 +32,8 @@ def run(cli: click.Group, *args: object) -> object:
 
 
 def make_photos(folder: Path) -> Path:
+    """The `photos` fixture's folder: 12 JPEGs of random colours and sizes (4 at the top, 8 in trip/) and a
+    corrupt PNG."""
     rng = np.random.default_rng(0)
     (folder / "trip").mkdir(parents=True)
     for i in range(12):
@@ -40,11 +42,6 @@ def make_photos(folder: Path) -> Path:
         Image.fromarray(image).save(folder / ("trip" if i % 3 else ".") / f"img{i:02d}.jpg", quality=90)
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     return folder
-
-
-@pytest.fixture
-def photos(tmp_path) -> Path:
-    return make_photos(tmp_path / "photos")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bganhash._validation import InputError
-from bganhash.collection.collection import (
+from bganhash.collection import (
     MANIFEST_FILE,
     PAUSE_AFTER_ENV,
     BuildConfig,
@@ -30,26 +30,11 @@ from bganhash.collection.collection import (
 )
 from bganhash.features.config import FeatureConfig
 from bganhash.registry import load_hasher
+from conftest import image_bytes, write_digits
 
 N_BITS = 16
 FEATURES = FeatureConfig(image_size=32, batch_size=64)
 CONFIG = BuildConfig(method="lsh", n_bits=N_BITS, thumbnail_size=24)  # LSH trains instantly; ITQ is tested below
-
-
-def write_photos(folder: Path, indices, fmt: str = "png") -> list[Path]:
-    """Digits upscaled to 32x32 RGB files, in two sub-folders, named by digit index."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits().images
-    written = []
-    for i in indices:
-        gray = np.rint(digits[i] * 255 / 16).astype(np.uint8)
-        image = Image.fromarray(np.repeat(gray[..., None], 3, axis=-1)).resize((32, 32), Image.Resampling.NEAREST)
-        path = folder / ("even" if i % 2 == 0 else "odd") / f"{i:04d}.{fmt}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        written.append(path)
-    return written
 
 
 def build(photos: Path, out: Path, **kwargs) -> object:
@@ -61,16 +46,12 @@ def popcount_distances(query: np.ndarray, database: np.ndarray) -> np.ndarray:
     return (query[None, :] != database).sum(axis=1)
 
 
-def make_photo_folder(folder: Path) -> Path:
-    write_photos(folder, range(40))
+def make_photos(folder: Path) -> Path:
+    """The `photos` fixture's folder: 40 digits (32x32, in even/ and odd/), a broken JPEG and a text file."""
+    write_digits(folder, range(40), by_parity=True)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (folder / "notes.txt").write_text("not an image, not even listed")
     return folder
-
-
-@pytest.fixture
-def photos(tmp_path) -> Path:
-    return make_photo_folder(tmp_path / "photos")
 
 
 @pytest.fixture
@@ -96,7 +77,7 @@ def shared(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("shared")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BGANHASH_CACHE", str(base / "cache"))
-        photos = make_photo_folder(base / "photos")
+        photos = make_photos(base / "photos")
         build(photos, base / "photos.index")
     return photos, base / "photos.index"
 
@@ -170,7 +151,7 @@ def test_update_adds_new_drops_gone_and_reencodes_changed_images_keeping_ids(bui
     with Collection.load(out) as before:
         old_ids = dict(zip(before.paths, before.ids.tolist()))
         old_model = before.manifest["model"]
-    write_photos(photos, range(40, 45))
+    write_digits(photos, range(40, 45), by_parity=True)
     (photos / "odd" / "0001.png").unlink()
     (photos / "even" / "0002.png").unlink()
     changed = photos / "odd" / "0003.png"
@@ -215,7 +196,7 @@ def test_rebuilding_without_update_or_from_another_folder_is_refused(copied, tmp
     with pytest.raises(InputError, match="--update"):
         build(photos, out)
     other = tmp_path / "other"
-    write_photos(other, range(3))
+    write_digits(other, range(3), by_parity=True)
     with pytest.raises(InputError, match="update it from the same folder"):
         build(other, out, update=True)
 
@@ -242,7 +223,7 @@ def test_a_zip_collection_is_indexed_updated_and_served_from_the_zip(tmp_path):
     import zipfile
 
     folder = tmp_path / "loose"
-    written = write_photos(folder, range(12))
+    written = write_digits(folder, range(12), by_parity=True)
     archive = tmp_path / "photos.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in written[:10]:
@@ -250,7 +231,9 @@ def test_a_zip_collection_is_indexed_updated_and_served_from_the_zip(tmp_path):
     out = tmp_path / "zip.index"
     assert build(archive, out).n_images == 10
     with Collection.load(out) as collection:
-        assert collection.original(int(collection.ids[0])) == (folder / collection.paths[0].split("/", 1)[1]).read_bytes()
+        assert (
+            collection.original(int(collection.ids[0])) == (folder / collection.paths[0].split("/", 1)[1]).read_bytes()
+        )
     with zipfile.ZipFile(archive, "a") as zipped:
         zipped.write(written[10], "album/extra.png")
     summary = build(archive, out, update=True)
@@ -338,7 +321,7 @@ def test_original_files_are_served_only_from_inside_the_root(shared, tmp_path):
 
 _KILLED_UPDATE = textwrap.dedent("""
     import sys
-    from bganhash.collection.collection import BuildConfig, build_collection
+    from bganhash.collection import BuildConfig, build_collection
     from bganhash.features.config import FeatureConfig
     build_collection(sys.argv[1], sys.argv[2], update=True, progress=False,
                      config=BuildConfig(method="lsh", n_bits=16), feature_config=FeatureConfig(image_size=32))
@@ -351,7 +334,7 @@ def test_an_update_killed_mid_write_leaves_the_previous_version_loadable(built, 
     photos, out = built
     with Collection.load(out) as before:
         paths, codes = list(before.paths), before.codes.copy()
-    write_photos(photos, range(40, 50))
+    write_digits(photos, range(40, 50), by_parity=True)
     old_files = set(os.listdir(out))
     env = {**os.environ, PAUSE_AFTER_ENV: str(files_before_kill)}
     process = subprocess.Popen([sys.executable, "-c", _KILLED_UPDATE, str(photos), str(out)], env=env)
@@ -391,9 +374,7 @@ def test_decode_query_names_the_problem(payload, status, message):
 
 
 def test_decode_query_refuses_truncated_bombs_big_files_and_odd_modes():
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
-    png = buffer.getvalue()
+    png = image_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     with pytest.raises(QueryImageError, match="truncated") as truncated:
         decode_query(png[: len(png) // 2])
     assert truncated.value.status == 400
@@ -403,10 +384,8 @@ def test_decode_query_refuses_truncated_bombs_big_files_and_odd_modes():
     with pytest.raises(QueryImageError, match="bytes") as big:
         decode_query(png, max_bytes=len(png) - 1)
     assert big.value.status == 413
-    lab = io.BytesIO()
-    Image.new("LAB", (8, 8)).save(lab, "TIFF")
     with pytest.raises(QueryImageError, match="mode 'LAB'") as mode:
-        decode_query(lab.getvalue())
+        decode_query(image_bytes(Image.new("LAB", (8, 8)), "TIFF"))
     assert mode.value.status == 415
     assert decode_query(png).shape == (64, 64, 3)
 
@@ -414,7 +393,7 @@ def test_decode_query_refuses_truncated_bombs_big_files_and_odd_modes():
 @pytest.mark.slow
 def test_a_bgan_index_trains_saves_and_searches(tmp_path):
     photos, out = tmp_path / "digits", tmp_path / "bgan.index"
-    write_photos(photos, range(120))
+    write_digits(photos, range(120), by_parity=True)
     short = {"epochs_per_stage": 2, "beta_schedule": [1.0, 10.0], "batch_size": 16}
     summary = build_collection(photos, out, config=BuildConfig(method="bgan", n_bits=32, hasher_params=short),
                                feature_config=FEATURES, progress=False)

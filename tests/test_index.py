@@ -10,7 +10,7 @@ import pytest
 
 from bganhash import InputError
 from bganhash.codes import pack_codes
-from bganhash.index.index import MISSING_DISTANCE, Index
+from bganhash.index import MISSING_DISTANCE, Index
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu is not installed")
 # the numpy engine, the default (faiss's IndexBinaryFlat when installed), and faiss by its pre-backend-string name
@@ -102,7 +102,13 @@ def test_remove_ids_then_search_matches_brute_force(rng, backend):
 
 @pytest.mark.parametrize(
     ("ids", "message"),
-    [([0, 0], "duplicate ids"), ([5], "got 1 ids for 2 codes"), ([-1, 3], ">= 0"), ([1.0, 2.0], "integers"), ([7, 8], "already")],
+    [
+        ([0, 0], "duplicate ids"),
+        ([5], "got 1 ids for 2 codes"),
+        ([-1, 3], ">= 0"),
+        ([1.0, 2.0], "integers"),
+        ([7, 8], "already"),
+    ],
 )
 def test_add_refuses_bad_ids(ids, message):
     index = Index(8)

@@ -17,7 +17,8 @@ import pytest
 
 from bganhash import InputError
 from bganhash.codes import pack_codes
-from bganhash.index.index import MISSING_DISTANCE, Index, faiss_flat_keeps_ties, parse_backend
+from bganhash.index import MISSING_DISTANCE, Index, parse_backend
+from bganhash.index.engines import faiss_flat_keeps_ties
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu is not installed")
 ALL_BACKENDS = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -17,24 +16,14 @@ pytest.importorskip("httpx", reason="FastAPI's test client needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from bganhash.collection.collection import BuildConfig, Collection, build_collection  # noqa: E402
+from bganhash.collection import BuildConfig, Collection, build_collection  # noqa: E402
 from bganhash.features.config import FeatureConfig  # noqa: E402
 from bganhash.serve.app import MAX_K, create_app  # noqa: E402
+from conftest import image_bytes, write_digits  # noqa: E402
 
 MAX_UPLOAD = 200_000
 MAX_PIXELS = 400 * 400
 N_IMAGES = 30
-
-
-def write_digits(folder: Path, count: int) -> None:
-    """Digits upscaled to 32x32 PNGs."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits().images[:count]
-    folder.mkdir(parents=True)
-    for i, digit in enumerate(digits):
-        gray = np.rint(digit * 255 / 16).astype(np.uint8)
-        Image.fromarray(gray).convert("RGB").resize((32, 32), Image.Resampling.NEAREST).save(folder / f"{i:03d}.png")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +31,7 @@ def index_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("service")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BGANHASH_CACHE", str(base / "cache"))
-        write_digits(base / "digits", N_IMAGES)
+        write_digits(base / "digits", range(N_IMAGES))
         build_collection(base / "digits", base / "digits.index", config=BuildConfig(method="lsh", n_bits=32),
                          feature_config=FeatureConfig(image_size=32), progress=False)
     return base / "digits.index"
@@ -59,13 +48,6 @@ def client(index_dir) -> TestClient:
 def collection(index_dir) -> Collection:
     with Collection.load(index_dir) as loaded:
         yield loaded
-
-
-def png_bytes(image: np.ndarray | Image.Image) -> bytes:
-    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    buffer = io.BytesIO()
-    picture.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -121,13 +103,13 @@ def test_upload_of_an_indexed_image_finds_it_first_with_k_results(client, collec
 def test_upload_results_equal_the_python_api(client, collection):
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    body = upload(client, png_bytes(image), k="7").json()
+    body = upload(client, image_bytes(image), k="7").json()
     expected = collection.search_images([image], k=7)[0]
     assert [(r["id"], r["distance"]) for r in body["results"]] == [(m.id, m.distance) for m in expected]
 
 
 def test_raw_image_body_and_query_k_work_too(client):
-    data = png_bytes(np.full((20, 20, 3), 128, np.uint8))
+    data = image_bytes(np.full((20, 20, 3), 128, np.uint8))
     response = client.post("/search?k=3", content=data, headers={"content-type": "image/png"})
     assert response.status_code == 200 and len(response.json()["results"]) == 3
 
@@ -160,14 +142,8 @@ def test_thumbnails_and_originals_are_served_by_id(client, collection):
 
 
 def _truncated_png() -> bytes:
-    data = png_bytes(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    data = image_bytes(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     return data[: len(data) // 2]
-
-
-def _lab_tiff() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("LAB", (8, 8)).save(buffer, "TIFF")
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("name, data, status, message", [
@@ -175,9 +151,9 @@ def _lab_tiff() -> bytes:
     ("not an image", b"hello, I am a text file" * 10, 415, "not an image"),
     ("pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", 415, "not an image"),
     ("truncated", _truncated_png(), 400, "truncated"),
-    ("too many pixels", png_bytes(np.zeros((401, 400, 3), np.uint8)), 413, "pixels"),
+    ("too many pixels", image_bytes(np.zeros((401, 400, 3), np.uint8)), 413, "pixels"),
     ("decompression bomb", png_header_only(100_000, 100_000), 413, "pixels"),
-    ("unsupported mode", _lab_tiff(), 415, "mode 'LAB'"),
+    ("unsupported mode", image_bytes(Image.new("LAB", (8, 8)), "TIFF"), 415, "mode 'LAB'"),
 ])  # fmt: skip
 def test_bad_uploads_get_a_json_error_naming_the_problem(client, name, data, status, message):
     response = upload(client, data)
@@ -240,7 +216,7 @@ def test_unknown_id_search_is_404(client):
 
 
 def test_the_service_keeps_serving_under_a_concurrent_mix_of_good_and_bad_requests(client, collection):
-    good = png_bytes(np.full((16, 16, 3), 90, np.uint8))
+    good = image_bytes(np.full((16, 16, 3), 90, np.uint8))
     requests = [
         lambda: upload(client, good, k="3"),
         lambda: upload(client, b""),

@@ -1,0 +1,182 @@
+"""Reading a built collection: `Collection` (the loaded index directory) searched by image, code or id,
+with the paths, thumbnails and original files of its images."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bganhash._io import read_json, read_safetensors
+from bganhash._validation import InputError
+from bganhash.collection.store import GENERATION_FILE, MANIFEST_FILE, WHAT, read_manifest, verify_files
+from bganhash.features.config import FeatureConfig
+from bganhash.index import Index
+from bganhash.pipeline import ImagePipeline
+from bganhash.registry import load_hasher
+
+__all__ = ["Collection", "Match"]
+
+
+@dataclass
+class Match:
+    """One search result: the image's id in the collection, its path (relative to the root) and distance."""
+
+    id: int
+    path: str
+    distance: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Collection:
+    """A loaded index directory: `hasher`, `index` (a bganhash.Index over the codes), `paths` and thumbnails.
+
+    Search by image with `search_images`, by an indexed image with `search_ids`, or do it by hand:
+    `codes = collection.encode_images(images)` then `distances, ids = collection.index.search(codes, k)`.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], items: dict[str, Any], codes: np.ndarray,
+                 ids: np.ndarray, hasher: Any, index: Any = None) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.generation = int(manifest["generation"])
+        self.n_bits = int(manifest["n_bits"])
+        self.root = manifest["root"]
+        self.hasher = hasher
+        try:
+            self.feature_config = FeatureConfig(**manifest["feature_config"]).validate()
+        except (TypeError, InputError) as exc:
+            raise InputError(f"{path / MANIFEST_FILE} has an unusable feature_config: {exc}") from None
+        self.pipeline = ImagePipeline(hasher, self.feature_config)  # queries are encoded as the images were
+        self.ids = ids
+        self.codes = codes
+        self.paths: list[str] = items["paths"]
+        self._row_of_id = {int(i): row for row, i in enumerate(ids)}
+        self._thumbnail_refs = items["thumbnails"]
+        if not all(isinstance(name, str) and GENERATION_FILE.match(name) for name in items["segments"]):
+            raise InputError(f"{path / manifest['items']} is corrupted: it names files that are not the index's own")
+        self._segment_fds = [os.open(path / name, os.O_RDONLY) for name in items["segments"]]
+        self.backend = manifest.get("backend", "flat")
+        if index is None:
+            index = Index(self.n_bits, backend=self.backend)
+            index.add_packed(codes, ids)
+        self.index = index
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> Collection:
+        """Open the index directory `path` (checksums verified unless `verify=False`); InputError if unusable."""
+        directory = Path(path)
+        manifest = read_manifest(directory)
+        if verify:
+            verify_files(directory, manifest)
+        items = read_json(directory / manifest["items"], WHAT)
+        arrays = read_safetensors(directory / manifest["codes"], WHAT)
+        codes, ids = arrays.get("codes"), arrays.get("ids")
+        lengths = {len(items.get(key, ())) for key in ("paths", "stamps", "thumbnails")}
+        if codes is None or ids is None or lengths != {len(ids)} or len(codes) != len(ids):
+            raise InputError(f"{directory} is inconsistent: codes, ids, paths and thumbnails differ in length")
+        hasher = load_hasher(directory / manifest["model"], manifest["method"])
+        index = None
+        if manifest.get("index"):
+            index = Index.load(directory / manifest["index"])
+            if index.n_bits != int(manifest["n_bits"]) or not np.array_equal(index.ids, ids):
+                raise InputError(f"{directory} is inconsistent: {manifest['index']} does not hold the codes' ids")
+        return cls(directory, manifest, items, codes, ids.astype(np.int64), hasher, index)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return (f"Collection({str(self.path)!r}, n={len(self)}, n_bits={self.n_bits}, "
+                f"method={self.manifest['method']!r})")
+
+    def close(self) -> None:
+        """Release the open thumbnail files."""
+        for fd in self._segment_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._segment_fds = []
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # ---- encoding and search ---------------------------------------------------------------------
+
+    def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Codes (n, n_bits) int8 of decoded (H, W, 3) uint8 images, through the collection's pipeline."""
+        return self.pipeline.encode_images(images)
+
+    def search_codes(self, codes: np.ndarray, k: int) -> list[list[Match]]:
+        """The k nearest indexed images of each {-1,+1} code row by Hamming distance (ties: index order)."""
+        return self._matches(*self.index.search(codes, k))
+
+    def _matches(self, distances: np.ndarray, ids: np.ndarray) -> list[list[Match]]:
+        return [
+            [Match(int(i), self.paths[self._row_of_id[int(i)]], int(d)) for d, i in zip(row_d, row_i) if i >= 0]
+            for row_d, row_i in zip(distances, ids)
+        ]
+
+    def search_images(self, images: Sequence[np.ndarray], k: int = 10) -> list[list[Match]]:
+        """The k nearest indexed images of each decoded query image."""
+        return self.search_codes(self.encode_images(images), k)
+
+    def search_ids(self, ids: Sequence[int], k: int = 10) -> list[list[Match]]:
+        """The k nearest indexed images of images already in the collection (each finds itself first)."""
+        rows = [self.row_of(i) for i in ids]
+        return self._matches(*self.index.search_packed(self.codes[rows], k))
+
+    # ---- per-image access ------------------------------------------------------------------------
+
+    def row_of(self, image_id: int) -> int:
+        """Position of `image_id` in `ids` / `paths`; InputError for an id not in the collection."""
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer)):
+            raise InputError(f"id={image_id!r} must be an integer")
+        row = self._row_of_id.get(int(image_id))
+        if row is None:
+            raise InputError(f"no image with id {image_id} in this index")
+        return row
+
+    def path_of(self, image_id: int) -> str:
+        """The image's path relative to the collection root."""
+        return self.paths[self.row_of(image_id)]
+
+    def thumbnail(self, image_id: int) -> bytes:
+        """The JPEG thumbnail of `image_id`."""
+        segment, offset, length = self._thumbnail_refs[self.row_of(image_id)]
+        data = os.pread(self._segment_fds[segment], length, offset)
+        if len(data) != length:
+            raise InputError(f"the thumbnail of image {image_id} is cut short in {self.path}")
+        return data
+
+    def original(self, image_id: int) -> bytes:
+        """The original file's bytes, read only from inside the collection root (InputError if gone)."""
+        relative = self.path_of(image_id)
+        root = Path(self.root)
+        if root.is_file():
+            try:
+                with zipfile.ZipFile(root) as archive:
+                    return archive.read(relative)
+            except (OSError, KeyError, zipfile.BadZipFile) as exc:
+                raise InputError(f"cannot read {relative} from {root}: {exc}") from exc
+        resolved_root = root.resolve()
+        target = (resolved_root / relative).resolve()
+        if not target.is_relative_to(resolved_root) or not target.is_file():
+            raise InputError(f"{relative} is no longer a file inside {root}")
+        return target.read_bytes()
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The last build's report: unreadable files and what changed."""
+        return read_json(self.path / self.manifest["report"], WHAT)
