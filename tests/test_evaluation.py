@@ -6,10 +6,10 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
 from bganhash.research import paper
-from bganhash.research.protocol import ProtocolData, ResultTable, run_baselines, table_markdown, write_results
+from bganhash.research.protocol import ProtocolData, ResultTable, run_baselines
+from bganhash.research.tables import table_markdown, write_results
 
 
 def clustered_protocol(rng, n_per_class=60, n_classes=6, dim=32) -> ProtocolData:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bganhash.research import figures
 from bganhash._validation import InputError
+from bganhash.research import figures
 
 
 def _size(path) -> tuple[int, int]:

@@ -14,20 +14,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bganhash.research import paper
 from bganhash._validation import InputError
 from bganhash.cli._common import CleanErrors
 from bganhash.cli.reproduce import reproduce
 from bganhash.datasets import load_dataset, protocol_split
-from bganhash.research.report import Document
-from bganhash.research.reproduce import (
-    EXPERIMENTS,
-    ReproduceSettings,
-    build_plan,
-    decode_array,
-    encode_array,
-    parse_only,
-)
+from bganhash.research import paper
+from bganhash.research.cells import decode_array, encode_array
+from bganhash.research.document import Document
+from bganhash.research.plan import EXPERIMENTS, ReproduceSettings, build_plan, parse_only
 
 # One bit length, two short beta stages and a small head keep each BGAN training to a second or two.
 TINY = ("--quick", "--bits", "8", "--set", "beta_schedule=[1.0,10.0]", "--set", "head_hidden=[32]")

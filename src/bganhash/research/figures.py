@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -16,6 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from bganhash._io import atomic_write  # noqa: E402
 from bganhash._validation import InputError  # noqa: E402
@@ -29,8 +31,6 @@ LOSS_KEYS = ("loss_n", "loss_c", "loss_g", "loss_a", "loss_q")
 
 def _save(figure: Any, path: str | os.PathLike) -> Path:
     """Write `figure` as a palette PNG (about 3x smaller than RGBA) at `path`, atomically, and close it."""
-    from PIL import Image
-
     target, buffer = Path(path), io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     plt.close(figure)

@@ -7,6 +7,9 @@ CIFAR-10 pickles), which every report must say. `None` marks a cell the paper le
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 PAPER_BITS = (12, 24, 32, 48)
 
 # Table 3: unsupervised methods, mAP at 12/24/32/48 bits. "+VGG" rows ran on VGG-fc7 features (the
@@ -100,3 +103,84 @@ def paper_row(table: dict, dataset: str, row: str, bits: int, bit_columns=PAPER_
     if values is None or bits not in bit_columns:
         return None
     return values[bit_columns.index(bits)]
+
+
+# ---- what the paper publishes on each dataset, as reports look it up ----------------------------------
+
+
+@dataclass(frozen=True)
+class Published:
+    """One of the paper's mAP tables on one dataset: its bit lengths, its rows in the paper's order, and
+    the text the paper prints instead of a number for some rows."""
+
+    bits: tuple[int, ...]
+    rows: Mapping[str, tuple[float | None, ...]]
+    instead: Mapping[str, str] = field(default_factory=dict)
+
+    def value(self, row: str, n_bits: int) -> float | None:
+        """The published mAP of `row` at `n_bits` (None: no such row or bit length, or no number)."""
+        values = self.rows.get(row)
+        return None if values is None or n_bits not in self.bits else values[self.bits.index(n_bits)]
+
+
+@dataclass(frozen=True)
+class JpegCopy:
+    """How reports describe a JPEG copy (a .zip) of the data the paper used."""
+
+    label: str  # the data's name in report headings
+    report_note: str  # the report's "what differs from the paper"
+    table_note: str  # the note under a results table
+
+
+@dataclass(frozen=True)
+class PaperDataset:
+    """A dataset the paper reports on: its name there, its published tables by experiment, and what our
+    report says about the copy of its data it read."""
+
+    name: str
+    tables: Mapping[str, Published]
+    data_note: str  # "what differs from the paper" when the data is not a JPEG copy
+    jpeg: JpegCopy | None = None
+
+
+_COLLAPSED = "– (codes collapse)"  # Table 2's rows without ℓN: the paper reports their codes as collapsed
+
+DATASETS: dict[str, PaperDataset] = {
+    "cifar10": PaperDataset(
+        name="CIFAR-10",
+        tables={
+            "table2": Published(TABLE2_BITS, TABLE2, {row: _COLLAPSED for row in TABLE2 if "N" not in row.split("+")}),
+            "table3": Published(PAPER_BITS, TABLE3["cifar10"]),
+            "table4": Published(TABLE4_BITS, TABLE4),
+            "table5": Published(PAPER_BITS, TABLE5),
+        },
+        data_note="Data: CIFAR-10 read from the official pickles the paper used.",
+        jpeg=JpegCopy(
+            label="CIFAR-10 (JPEG copy)",
+            report_note="Data: a JPEG copy of CIFAR-10, whose pixels differ slightly from the official pickles "
+                        "the paper used.",
+            table_note="Data: CIFAR-10 (JPEG copy), whose pixels differ slightly from the official pickles.",
+        ),
+    ),
+    "nuswide": PaperDataset(name="NUS-WIDE", tables={"table3": Published(PAPER_BITS, TABLE3["nuswide"])},
+                            data_note="Data: the user's copy of nuswide."),
+    "mirflickr": PaperDataset(name="MIRFlickr", tables={"table3": Published(PAPER_BITS, TABLE3["mirflickr"])},
+                              data_note="Data: the user's copy of mirflickr."),
+}
+
+
+def published(dataset: str, experiment: str) -> Published | None:
+    """The paper's table for `experiment` ("table2" ... "table5") on `dataset`, None where it has none."""
+    entry = DATASETS.get(dataset)
+    return None if entry is None else entry.tables.get(experiment)
+
+
+def published_on(experiment: str) -> list[str]:
+    """The paper's names of the datasets it reports `experiment` on."""
+    return [entry.name for entry in DATASETS.values() if experiment in entry.tables]
+
+
+def jpeg_copy(dataset: str, data: str | None) -> JpegCopy | None:
+    """How to describe `data` when it is a JPEG copy (a .zip) of the data the paper used, else None."""
+    entry = DATASETS.get(dataset)
+    return entry.jpeg if entry is not None and str(data or "").endswith(".zip") else None

@@ -1,20 +1,26 @@
 """The paper's evaluation protocol: features and split in, hashers fitted on the training images,
-codes ranked by Hamming distance, mAP@all out, and Table-3-style reports beside the paper's rows."""
+codes ranked by Hamming distance, mAP@all out (a `ResultTable`; `bganhash.research.tables` renders it)."""
 
 from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from bganhash.research import paper
-from bganhash._io import write_json, write_text
+import bganhash
 from bganhash._system import machine_description
 from bganhash._validation import InputError
+from bganhash.datasets import load_dataset
+from bganhash.datasets.splits import protocol_split
+from bganhash.features.cache import load_features
+from bganhash.features.config import FeatureConfig
+from bganhash.metrics import mean_average_precision
+from bganhash.registry import BASELINES, create_hasher
+from bganhash.research import paper
 
 RANKING_RULE = "Hamming distance, ties broken by database order"
 
@@ -80,12 +86,6 @@ def prepare_protocol(
 
     `split` (a saved `Split`) replaces the drawn one, e.g. for a dataset too small for the paper's.
     """
-    from bganhash.datasets import load_dataset
-    from bganhash.datasets.splits import protocol_split
-    from bganhash.features.cache import load_features
-    from bganhash.features.config import FeatureConfig
-    from bganhash.features.extract import extract_features
-
     dataset = load_dataset(dataset_name, data, on_error=on_error)
     if dataset.labels is None:
         raise InputError(
@@ -100,6 +100,8 @@ def prepare_protocol(
         features = load_features(features_path, n_expected=len(dataset))
         source = f"precomputed features from {features_path}"
     else:
+        from bganhash.features.extract import extract_features  # torch
+
         config = feature_config or FeatureConfig()
         features = extract_features(dataset, config, progress=progress)
         source = f"{config.backbone} at {config.image_size}px (ImageNet-pretrained, pooled)"
@@ -114,8 +116,6 @@ def evaluate_hasher(hasher, data: ProtocolData) -> float:
 
 def score_hasher(hasher, data: ProtocolData) -> float:
     """mAP@all of a fitted hasher: queries ranked against the database by Hamming distance."""
-    from bganhash.metrics import mean_average_precision
-
     query_features, query_labels = data.part("query")
     database_features, database_labels = data.part("database")
     return mean_average_precision(
@@ -124,17 +124,17 @@ def score_hasher(hasher, data: ProtocolData) -> float:
 
 
 def fit_bgan(hasher, data: ProtocolData, *, checkpoint_dir: str | Path | None = None, resume: bool = False,
-             progress: bool = True, validation: tuple | None = None, image_size: int | None = None):
+             progress: bool = True, validation: tuple | None = None, pixel_size: int | None = None):
     """Train a BGANHasher on the split's training images: their features, pixels and labels (the
     labels are used only by the supervised variant). Returns the fitted hasher.
 
     validation: (X_query, y_query, X_database, y_database) for a per-epoch validation mAP;
-    image_size: resize the pixels to image_size squares (for datasets of mixed image sizes).
+    pixel_size: resize the training images to pixel_size squares (for datasets of mixed image sizes).
     """
     train = data.split.train
     return hasher.fit(
         data.features[train],
-        images=data.dataset.to_array(train, size=image_size),
+        images=data.dataset.to_array(train, size=pixel_size),
         labels=data.labels[train],
         validation=validation,
         checkpoint_dir=checkpoint_dir,
@@ -152,8 +152,6 @@ def run_baselines(
     on_cell: Callable[[str, int, float], None] | None = None,
 ) -> ResultTable:
     """Evaluate each baseline at each bit length under the protocol; `on_cell` reports progress."""
-    from bganhash.registry import BASELINES, create_hasher
-
     table = ResultTable(dataset=data.dataset.name, bits=list(bits), metadata=protocol_metadata(data, seed))
     for method in methods or BASELINES:
         for n_bits in bits:
@@ -167,8 +165,6 @@ def run_baselines(
 
 def protocol_metadata(data: ProtocolData, seed: int) -> dict:
     """What a reader needs to know to trust and reproduce a result table."""
-    import bganhash
-
     return {
         "protocol": getattr(data.split, "protocol", "paper"),
         "seed": seed,
@@ -183,55 +179,7 @@ def protocol_metadata(data: ProtocolData, seed: int) -> dict:
     }
 
 
-def table_markdown(table: ResultTable, display_names: dict[str, str] | None = None) -> str:
-    """A Table-3-style Markdown table: our rows, then the paper's rows for the same dataset."""
-    names = display_names or _display_names()
-    header = "| Method | " + " | ".join(f"{b} bits" for b in table.bits) + " |"
-    lines = [header, "|---|" + "---|" * len(table.bits)]
-    for method, row in table.scores.items():
-        cells = [_fmt(row.get(b)) for b in table.bits]
-        lines.append(f"| {names.get(method, method)} (ours) | " + " | ".join(cells) + " |")
-    for row_name, values in _paper_rows(table.dataset).items():
-        cells = [_fmt(_paper_value(values, b)) for b in table.bits]
-        lines.append(f"| {row_name} (paper) | " + " | ".join(cells) + " |")
-    notes = [
-        "",
-        f"mAP@all on {table.dataset} ({table.metadata.get('protocol', 'paper')} split, seed "
-        f"{table.metadata.get('seed')}: {table.metadata.get('n_query')} queries, "
-        f"{table.metadata.get('n_train')} training images, {table.metadata.get('n_database')} database images). "
-        f"Ranking: {RANKING_RULE}.",
-        f"Our features: {table.metadata.get('features')}.",
-    ]
-    if _paper_rows(table.dataset):
-        notes.append("The paper's rows used its own features (`+VGG`: VGG-fc7; others hand-crafted) and, "
-                     "for CIFAR-10, the official pickles.")
-    if "cifar10" in table.dataset and str(table.metadata.get("data", "")).endswith(".zip"):
-        notes.append("Data: CIFAR-10 (JPEG copy), whose pixels differ slightly from the official pickles.")
-    return "\n".join(lines + notes) + "\n"
-
-
-def write_results(table: ResultTable, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
-    """Write `<stem>.json` and `<stem>.md` under `out_dir`, atomically; return both paths."""
-    out = Path(out_dir)
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    write_json(json_path, table.to_dict())
-    write_text(md_path, table_markdown(table))
-    return json_path, md_path
-
-
 def _paper_rows(dataset: str) -> dict[str, tuple]:
-    return dict(paper.TABLE3.get(dataset, {}))
-
-
-def _paper_value(values: tuple, n_bits: int) -> float | None:
-    return values[paper.PAPER_BITS.index(n_bits)] if n_bits in paper.PAPER_BITS else None
-
-
-def _display_names() -> dict[str, str]:
-    from bganhash.registry import HASHERS, display_name
-
-    return {name: display_name(name) for name in HASHERS}
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    """The paper's Table 3 rows on `dataset` (none where it reports no results there)."""
+    published = paper.published(dataset, "table3")
+    return {} if published is None else dict(published.rows)

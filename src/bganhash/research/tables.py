@@ -1,0 +1,223 @@
+"""The result tables, ours beside the paper's: the one method × bits mAP table (`map_table`) that both
+`bganhash baselines` / `train` (`table_markdown`) and the report's Tables 3 and 5 print, and the report's
+sections for Tables 2 to 6.
+
+Each report section takes the cell results indexed by role (`bganhash.research.results.by_role`),
+adds its heading, table and notes to the document, and returns its numbers for results.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from bganhash._io import write_json, write_text
+from bganhash.registry import display_name
+from bganhash.research import paper
+from bganhash.research.document import Document, markdown_table
+from bganhash.research.plan import BASELINE_METHODS, TABLE2_VARIANTS, TABLE4_VARIANTS
+from bganhash.research.protocol import RANKING_RULE, ResultTable
+from bganhash.research.results import bits_done
+
+LOSS_NAMES = {"N": "ℓN", "C": "ℓC", "A": "ℓA"}
+TABLE4_NAMES = {"two_step": "two-step", "tanh": "tanh(βz)", "app": "app(βz)"}
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def map_table(bits: list[int], ours: Mapping[str, Mapping[int, float | None]], published: paper.Published | None,
+              pairs: Mapping[str, str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """A method × bits mAP table: header and rows, ours ("(ours)", "not run" where missing), then the paper's.
+
+    ours: row name -> mAP by bit length; published: the paper's table on the same dataset (None: no
+    paper rows); pairs: our row name -> the paper's row for the same method, printed right under ours
+    (the paper's other rows follow ours, in its order).
+    """
+    pairs = pairs or {}
+    header = ["Method"] + [f"{b} bits" for b in bits]
+    paper_rows = published.rows if published is not None else {}
+
+    def paper_row(row: str) -> list[str]:
+        return [f"{row} (paper)"] + [_fmt(published.value(row, b)) for b in bits]
+
+    rows, shown = [], set()
+    for name, scores in ours.items():
+        rows.append([f"{name} (ours)"] + [_fmt(v) if (v := scores.get(b)) is not None else "not run" for b in bits])
+        if pairs.get(name) in paper_rows:
+            rows.append(paper_row(pairs[name]))
+            shown.add(pairs[name])
+    return header, rows + [paper_row(row) for row in paper_rows if row not in shown]
+
+
+def table_markdown(table: ResultTable) -> str:
+    """A result table as Markdown: our rows, then the paper's rows for the same dataset, then notes."""
+    published = paper.published(table.dataset, "table3")
+    ours = {display_name(method): row for method, row in table.scores.items()}
+    notes = [
+        "",
+        f"mAP@all on {table.dataset} ({table.metadata.get('protocol', 'paper')} split, seed "
+        f"{table.metadata.get('seed')}: {table.metadata.get('n_query')} queries, "
+        f"{table.metadata.get('n_train')} training images, {table.metadata.get('n_database')} database images). "
+        f"Ranking: {RANKING_RULE}.",
+        f"Our features: {table.metadata.get('features')}.",
+    ]
+    if published is not None and published.rows:
+        notes.append("The paper's rows used its own features (`+VGG`: VGG-fc7; others hand-crafted) and, "
+                     "for CIFAR-10, the official pickles.")
+    jpeg = paper.jpeg_copy(table.dataset, table.metadata.get("data"))
+    if jpeg is not None:
+        notes.append(jpeg.table_note)
+    return "\n".join([markdown_table(*map_table(table.bits, ours, published)), *notes]) + "\n"
+
+
+def write_results(table: ResultTable, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
+    """Write `<stem>.json` and `<stem>.md` under `out_dir`, atomically; return both paths."""
+    out = Path(out_dir)
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    write_json(json_path, table.to_dict())
+    write_text(md_path, table_markdown(table))
+    return json_path, md_path
+
+
+# ---- the report's table sections ---------------------------------------------------------------------
+
+
+def _paper_note(dataset: str, experiment: str) -> str:
+    if paper.published(dataset, experiment) is not None:
+        return ""
+    return f" The paper reports this table on {', '.join(paper.published_on(experiment))} only, so no paper " \
+           "numbers are shown."
+
+
+def _pair_header(first: str, bits: list[int]) -> list[str]:
+    return [first] + [f"{b} bits ({who})" for b in bits for who in ("ours", "paper")]
+
+
+def table2(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    bits = bits_done(results, "table2")
+    published = paper.published(dataset, "table2")
+    doc.heading(2, "Table 2: loss components (mAP@all)")
+    rows, numbers = [], {}
+    for row in TABLE2_VARIANTS:
+        cells, numbers[row] = [" + ".join(LOSS_NAMES[part] for part in row.split("+"))], {}
+        for b in bits:
+            result = results.get(("table2", row, b))
+            value = None if published is None else published.value(row, b)
+            instead = None if published is None else published.instead.get(row)
+            cells += [_table2_ours(row, result), instead or _fmt(value)]
+            numbers[row][str(b)] = None if result is None else {
+                "map": result["map"], "distinct_codes": result["distinct_codes"], "n_database": result["n_database"],
+                "paper": value}
+        rows.append(cells)
+    doc.table(_pair_header("Losses", bits), rows)
+    doc.paragraph("Rows without ℓN have no term tying codes to image similarity: the paper reports them as "
+                  "collapsed (\"–\"); we train them and show the measured collapse, the number of distinct codes "
+                  "among the database codes." + _paper_note(dataset, "table2"))
+    return {"bits": bits, "rows": numbers}
+
+
+def _table2_ours(row: str, result: dict | None) -> str:
+    if result is None:
+        return "not run"
+    if "N" in row.split("+"):
+        return _fmt(result["map"])
+    return f"{_fmt(result['map'])}; {result['distinct_codes']} of {result['n_database']} distinct codes"
+
+
+def table3(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    bits = bits_done(results, "table3")
+    published = paper.published(dataset, "table3")
+    doc.heading(2, f"Table 3: unsupervised methods on {info['dataset_label']} (mAP@all)")
+    methods = ("bgan", *BASELINE_METHODS)
+    numbers = {m: {str(b): (r["map"] if (r := results.get(("table3", m, b))) else None) for b in bits}
+               for m in methods}
+    ours = {display_name(m): {b: numbers[m][str(b)] for b in bits} for m in methods}
+    pairs = {display_name(m): paper.TABLE3_COUNTERPART[m] for m in methods if m in paper.TABLE3_COUNTERPART}
+    doc.table(*map_table(bits, ours, published, pairs))
+    doc.paragraph("Our baselines run on the same features as our BGAN; each is followed by the paper's row "
+                  "for the same method on VGG-fc7 features (\"+VGG\"); the paper's other rows used hand-crafted "
+                  "features or their own deep networks. PCAH has no row in the paper.")
+    paper_rows = published.rows if published is not None else {}
+    return {"bits": bits, "ours": numbers, "paper": {row: list(values) for row, values in paper_rows.items()}}
+
+
+def table4(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    bits = bits_done(results, "table4")
+    published = paper.published(dataset, "table4")
+    doc.heading(2, "Table 4: sign approximation (mAP@all)")
+    rows, numbers = [], {}
+    for row in TABLE4_VARIANTS:
+        cells, numbers[row] = [TABLE4_NAMES[row]], {}
+        for b in bits:
+            result = results.get(("table4", row, b))
+            value = None if published is None else published.value(row, b)
+            cells += [_fmt(result["map"]) if result else "not run", _fmt(value)]
+            numbers[row][str(b)] = {"map": result["map"] if result else None, "paper": value}
+        rows.append(cells)
+    doc.table(_pair_header("Activation", bits), rows)
+    doc.paragraph("two-step: trained with a fixed smooth activation, sign applied only afterwards; app and tanh: "
+                  "β raised stage by stage (continuation)." + _paper_note(dataset, "table4"))
+    return {"bits": bits, "rows": numbers}
+
+
+def table5(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    bits = bits_done(results, "table5")
+    published = paper.published(dataset, "table5")
+    doc.heading(2, "Table 5: supervised variant, S from labels (mAP@all)")
+    ours = {str(b): (r["map"] if (r := results.get(("table5", "BGAN_s", b))) else None) for b in bits}
+    doc.table(*map_table(bits, {"BGAN_s": {b: ours[str(b)] for b in bits}}, published))
+    doc.paragraph("BGAN_s: S_ij = +1 when images i and j share a label (training labels only)."
+                  + _paper_note(dataset, "table5"))
+    paper_rows = published.rows if published is not None else {}
+    return {"bits": bits, "ours": ours, "paper": {row: list(values) for row, values in paper_rows.items()}}
+
+
+def table6(doc: Document, results: dict, dataset: str, info: dict) -> dict:
+    bits = [b for b in bits_done(results, "table6") if b]
+    doc.heading(2, "Table 6: training and per-image encoding time")
+    timing = results.get(("table6", "backbone", 0)) or {}
+    backbone_ms = timing.get("backbone_ms_per_image")
+    rows, numbers = [], {}
+    for b in bits:
+        result = results.get(("table6", "bgan", b))
+        if result is None:
+            continue
+        on_features = result["config"]["network"]["encoder"] == "head"  # else the encoder read the pixels
+        total = result["encode_ms_per_image"] + ((backbone_ms or 0.0) if on_features else 0.0)
+        if not on_features:
+            split = "encoder from pixels"
+        elif backbone_ms is None:
+            split = f"hash {result['encode_ms_per_image']:.4f}; features precomputed"
+        else:
+            split = f"backbone {backbone_ms:.2f} + hash {result['encode_ms_per_image']:.4f}"
+        rows.append([f"{display_name('bgan')} (ours, {b} bits)", f"{result['fit_seconds'] / 60:.1f} min",
+                     f"{total:.2f} ms ({split})"])
+        numbers[str(b)] = {"training_seconds": result["fit_seconds"],
+                           "encode_ms_per_image": result["encode_ms_per_image"],
+                           "backbone_ms_per_image": backbone_ms}
+    for method, times in paper.TABLE6.items():
+        rows.append([f"{method} (paper, GPU)", times["training"], times["testing"]])
+    doc.table(["Method", "Training time", "Testing time per image"], rows)
+    doc.paragraph(f"Ours measured on {info['machine']}, one training run of the full model each"
+                  f"{_concurrency(results, bits)}. Per-image "
+                  "time = backbone feature extraction (timed on query images) + hash encoding of the database "
+                  "(batched). The paper's times are for its GPU on CIFAR-10.")
+    return {"bits": bits, "ours": numbers, "paper": paper.TABLE6, "machine": info["machine"]}
+
+
+def _concurrency(results: dict, bits: list[int]) -> str:
+    """How the timed training runs shared the machine, from their cell files ("" where not recorded)."""
+    runs = [results.get(("table6", "bgan", b)) or {} for b in bits]
+    # training runs on the configuration's num_threads when set (the cpu preset: 1), else on the process's
+    recorded = {(r["concurrent_cells"], r["config"]["train"]["num_threads"] or r["threads"])
+                for r in runs if "concurrent_cells" in r}
+    if len(recorded) != 1:
+        return ""
+    cells, threads = recorded.pop()
+    alone = "alone" if cells == 1 else f"{cells} cells at a time (--jobs {cells})"
+    return f", trained {alone}, on {threads} thread{'s' if threads > 1 else ''} each"
+
+
+SECTIONS = {"table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6}
