@@ -38,7 +38,7 @@ def tiny_problem(seed: int = 0) -> TrainingData:
 
 
 def tiny_config() -> BGANConfig:
-    """Every loss on (neighbourhood, quantisation, pixel + perceptual content, adversarial), two beta stages."""
+    """Every loss on (neighborhood, quantisation, pixel + perceptual content, adversarial), two beta stages."""
     return make_config("cpu", 8, batch_size=16, epochs_per_stage=2, beta_schedule=(1.0, 2.0), head_hidden=(16,),
                        width_factor=1 / 16, discriminator_dense=64, lambda_content=0.1, lambda_adversarial=0.1)
 
@@ -53,7 +53,7 @@ class Stop(SystemExit):
 
 
 def main() -> None:
-    from bganhash.bgan.distributed import launched
+    from bganhash.bgan.launch import launched
 
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from bganhash import InputError, NotFittedError
-from bganhash.bgan.estimator import BGANHasher, default_image_size
 from bganhash.bgan.config import BGANConfig, LossConfig, NetworkConfig, make_config
+from bganhash.bgan.estimator import BGANHasher, default_reconstruction_size
 from bganhash.hashers.base import Hasher
+from bganhash.pipeline import ImagePipeline
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -34,7 +35,7 @@ def test_fit_encode_gives_signed_int8_codes():
     assert hasher.fit(X, images=images, progress=False) is hasher
     codes = hasher.encode(X)
     assert codes.dtype == np.int8 and codes.shape == (24, 12) and set(np.unique(codes)) <= {-1, 1}
-    assert hasher.n_features_in_ == 12 and hasher.image_size_ == 8
+    assert hasher.n_features_in_ == 12 and hasher.reconstruction_size_ == 8
     assert len(hasher.history_) == 2 and hasher.config_["n_bits"] == 12
 
 
@@ -46,8 +47,8 @@ def test_random_state_and_overrides_reach_the_config():
         BGANHasher(16, learning_rate=0.1).resolved_config()
 
 
-def test_knn_method_and_nprobe_reach_the_neighbourhood(monkeypatch):
-    from bganhash.neighborhood import algorithm as neighborhood
+def test_knn_method_and_nprobe_reach_the_neighborhood(monkeypatch):
+    from bganhash.bgan import estimator as neighborhood  # where BGANHasher looks the function up
 
     seen = {}
     original = neighborhood.neighborhood_structure
@@ -89,11 +90,60 @@ def test_save_load_identity_without_pickles(tmp_path):
     assert BGANHasher.load(tmp_path / "model").get_params() == hasher.get_params()
 
 
-def test_neighbourhood_only_training_needs_no_images():
+def test_a_model_saved_under_the_former_names_loads(tmp_path):
+    """Models saved before the renames hold `input_centre_`, `image_size_` and network.image_size /
+    max_image_size (and an `image_size` override among the parameters): they load as before."""
+    import safetensors.numpy
+
+    X, images, _ = _data(size=16)
+    hasher = BGANHasher(8, preset="cpu", random_state=0, reconstruction_size=16, **TINY)
+    hasher.fit(X, images=images, progress=False)
+    assert hasher.input_center_ is not None  # the default feature transform centers
+    hasher.save(tmp_path / "model")
+    arrays_file, metadata_file = tmp_path / "model" / "hasher.safetensors", tmp_path / "model" / "hasher.json"
+    arrays = safetensors.numpy.load(arrays_file.read_bytes())
+    arrays["input_centre_"] = arrays.pop("input_center_")
+    arrays_file.write_bytes(safetensors.numpy.save(arrays))
+    document = json.loads(metadata_file.read_text())
+    document["arrays"] = sorted(arrays)
+    attributes, params = document["attributes"], document["params"]
+    attributes["image_size_"] = attributes.pop("reconstruction_size_")
+    network = attributes["config_"]["network"]
+    network["image_size"], network["max_image_size"] = network.pop("reconstruction_size"), \
+        network.pop("max_reconstruction_size")
+    params["image_size"] = params.pop("reconstruction_size")
+    metadata_file.write_text(json.dumps(document))
+
+    loaded = BGANHasher.load(tmp_path / "model")
+    assert np.array_equal(loaded.input_center_, hasher.input_center_)
+    assert loaded.reconstruction_size_ == 16 and loaded.config_ == hasher.config_
+    assert np.array_equal(loaded.encode(X), hasher.encode(X))
+    assert loaded.resolved_config() == hasher.resolved_config()
+    loaded.save(tmp_path / "again")  # and it saves under the current names
+    again = json.loads((tmp_path / "again" / "hasher.json").read_text())
+    assert "input_center_" in again["arrays"] and "reconstruction_size_" in again["attributes"]
+
+
+def test_former_config_names_are_aliases():
+    assert make_config("cpu", image_size=32, max_image_size=32).network == \
+        make_config("cpu", reconstruction_size=32, max_reconstruction_size=32).network
+    assert BGANHasher(8, preset="cpu", image_size=16).resolved_config().network.reconstruction_size == 16
+    old = make_config("cpu").to_dict()
+    old["network"]["image_size"] = old["network"].pop("reconstruction_size")
+    old["network"]["max_image_size"] = old["network"].pop("max_reconstruction_size")
+    assert BGANConfig.from_dict(old) == make_config("cpu")
+    with pytest.raises(InputError, match="both 'image_size' .* and 'reconstruction_size'"):
+        make_config("cpu", image_size=16, reconstruction_size=32)
+    with pytest.raises(InputError, match="both 'image_size' .* and 'reconstruction_size'"):
+        NetworkConfig.from_dict({"image_size": 16, "reconstruction_size": 16})
+    assert make_config("cpu", network={"image_size": 32}).network.reconstruction_size == 32
+
+
+def test_neighborhood_only_training_needs_no_images():
     X, _, labels = _data()
     hasher = BGANHasher(8, preset="cpu", random_state=0, use_content=False, use_adversarial=False, **TINY)
     hasher.fit(X, progress=False)
-    assert hasher.networks_.generator is None and hasher.image_size_ is None
+    assert hasher.networks_.generator is None and hasher.reconstruction_size_ is None
 
 
 def test_missing_images_is_an_input_error():
@@ -117,7 +167,7 @@ def test_bad_training_images(images, match):
         BGANHasher(8, preset="cpu", **TINY).fit(X, images=images, progress=False)
 
 
-def test_precomputed_and_supervised_neighbourhoods():
+def test_precomputed_and_supervised_neighborhoods():
     X, images, labels = _data()
     same = labels[:, None] == labels[None, :]
     a = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(X, images=images, neighborhood=same, progress=False)
@@ -144,10 +194,10 @@ def test_encode_errors():
     hasher = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(X, images=images, progress=False)
     with pytest.raises(InputError, match="fitted on 12"):
         hasher.encode(X[:, :5])
-    with pytest.raises(InputError, match="encode takes"):
+    with pytest.raises(InputError, match="encodes features"):
         hasher.encode(np.zeros((2, 3, 4)))
     with pytest.raises(InputError, match="no image file"):
-        hasher.encode(["/nonexistent/image.png"])
+        ImagePipeline(hasher).encode_paths(["/nonexistent/image.png"])
     with pytest.raises(InputError, match="NaN"):
         hasher.encode(np.full((2, 12), np.nan))
 
@@ -160,6 +210,10 @@ def test_pixel_encoder_trains_from_images_and_refuses_features():
     assert codes.shape == (16, 8)
     with pytest.raises(InputError, match="encodes pixels"):
         hasher.encode(X)
+    pipeline = ImagePipeline(hasher)
+    assert np.array_equal(pipeline.encode_images(list(images)), codes)
+    with pytest.raises(InputError, match="encodes pixels"):
+        pipeline.encode_features(X)
 
 
 def test_encode_from_features_images_paths_and_dataset_agree(tmp_path):
@@ -180,25 +234,28 @@ def test_encode_from_features_images_paths_and_dataset_agree(tmp_path):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
     from_features = hasher.encode(X)
-    assert np.array_equal(hasher.encode(images), from_features)
-    assert np.array_equal(hasher.encode(paths), from_features)
-    assert np.array_equal(hasher.encode([str(p) for p in paths], batch_size=3), from_features)
-    assert np.array_equal(hasher.encode(dataset), from_features)
+    pipeline = ImagePipeline(hasher)  # the feature configuration comes from the hasher
+    assert pipeline.feature_config == feature_config
+    assert np.array_equal(pipeline.encode_images(list(images)), from_features)
+    assert np.array_equal(pipeline.encode_paths(paths), from_features)
+    assert np.array_equal(pipeline.encode_paths([str(p) for p in paths]), from_features)
+    assert np.array_equal(pipeline.encode_dataset(dataset), from_features)
 
 
 @pytest.mark.parametrize("height, width, cap, expected",
                          [(8, 8, 64, 8), (32, 32, 64, 32), (28, 28, 64, 16), (300, 200, 64, 64), (32, 32, 16, 16)])
-def test_default_image_size(height, width, cap, expected):
-    assert default_image_size(height, width, cap) == expected
+def test_default_reconstruction_size(height, width, cap, expected):
+    assert default_reconstruction_size(height, width, cap) == expected
 
 
 def test_reconstruction_size_follows_the_config():
     X, _, _ = _data(n=12)
     images = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     small = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(X, images=images, progress=False)
-    assert small.image_size_ == 16  # the cpu preset caps reconstructions at 16x16
-    large = BGANHasher(8, preset="cpu", random_state=0, image_size=32, **TINY).fit(X, images=images, progress=False)
-    assert large.image_size_ == 32
+    assert small.reconstruction_size_ == 16  # the cpu preset caps reconstructions at 16x16
+    large = BGANHasher(8, preset="cpu", random_state=0, reconstruction_size=32, **TINY).fit(X, images=images,
+                                                                                          progress=False)
+    assert large.reconstruction_size_ == 32
 
 
 def test_config_json_round_trip_and_unknown_keys():
@@ -216,7 +273,8 @@ def test_presets():
     assert make_config("auto").preset == ("paper" if torch.cuda.is_available() else "cpu")
     paper, cpu = make_config("paper"), make_config("cpu")
     assert (paper.network.encoder, paper.network.width_factor, paper.train.optimizer, paper.train.lr,
-            paper.train.batch_size, paper.neighborhood.k1, paper.neighborhood.k2) == ("vgg", 1.0, "sgd", 0.01, 256, 20, 30)
+            paper.train.batch_size, paper.neighborhood.k1, paper.neighborhood.k2) == \
+        ("vgg", 1.0, "sgd", 0.01, 256, 20, 30)
     assert (cpu.network.encoder, cpu.train.device) == ("head", "cpu")
     assert make_config("cpu", loss=LossConfig(use_adversarial=False)).loss.use_adversarial is False
     assert make_config("cpu", network={"encoder": "vgg"}).network == NetworkConfig(encoder="vgg")
@@ -229,7 +287,8 @@ def test_presets():
         ({"k1": 0}, "k1"),
         ({"lr": -1.0}, "lr"),
         ({"beta_schedule": ()}, "beta_schedule"),
-        ({"image_size": 24}, "image_size"),
+        ({"reconstruction_size": 24}, "reconstruction_size"),
+        ({"image_size": 24}, "reconstruction_size"),  # the former name is an alias
         ({"use_neighborhood": False, "use_content": False, "use_adversarial": False}, "at least one"),
         ({"encoder": "resnet"}, "encoder"),
         ({"optimizer": "rmsprop"}, "optimizer"),

@@ -23,8 +23,9 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from bganhash import InputError
-from bganhash.bgan.distributed import World, read_launch_environment
-from bganhash.bgan.train import STATE_FILE
+from bganhash.bgan.checkpoint import STATE_FILE
+from bganhash.bgan.distributed import World
+from bganhash.bgan.launch import read_launch_environment
 from distributed_run import build_trainer, tiny_config, tiny_problem
 
 WORKER = Path(__file__).with_name("distributed_run.py")
@@ -178,8 +179,11 @@ def test_shards_cover_the_batch_in_order_and_weights_undo_the_average():
     assert sum(s.weight * m for s, m in zip(shards, means)) / 3 == pytest.approx(values.mean())
     one = World().shard(index)
     assert np.array_equal(one.rows, index) and one.weight == 1.0
+    # the single-process strategy does nothing
     tensor = torch.randn(10, 2)
-    assert one.gather(tensor) is tensor and one.own(tensor) is tensor and one.mean({"a": 1.5}) == {"a": 1.5}
+    assert one.whole_batch(tensor) is tensor and one.scale(tensor) is tensor
+    assert one.batch_means({"a": 1.5}) == {"a": 1.5}
+    assert torch.equal(shards[1].scale(tensor), shards[1].weight * tensor)
 
 
 def test_batches_smaller_than_the_world_are_refused():

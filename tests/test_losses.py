@@ -61,7 +61,8 @@ def test_content_loss_pixel_plus_perceptual():
     phi_real, phi_fake = torch.zeros(1, 2, 1, 1), torch.tensor([1.0, 3.0]).view(1, 2, 1, 1)
     assert losses.content_loss(real, fake).item() == pytest.approx(0.25)
     assert losses.content_loss(real, fake, phi_real, phi_fake).item() == pytest.approx(0.25 + 5.0)
-    assert losses.content_loss(real, fake, phi_real, phi_fake, perceptual_weight=0.5).item() == pytest.approx(0.25 + 2.5)
+    assert losses.content_loss(real, fake, phi_real, phi_fake, perceptual_weight=0.5).item() == \
+        pytest.approx(0.25 + 2.5)
 
 
 def test_adversarial_terms_by_hand():
@@ -70,12 +71,14 @@ def test_adversarial_terms_by_hand():
     eq14 = (math.log(sig(0)) + math.log(sig(2))) / 2 + (math.log(1 - sig(-1)) + math.log(1 - sig(1))) / 2
     assert losses.adversarial_objective(real_logits, fake_logits).item() == pytest.approx(eq14)
     assert losses.discriminator_loss(real_logits, fake_logits).item() == pytest.approx(-eq14)
-    assert losses.generator_adversarial_loss(fake_logits).item() == pytest.approx(-(math.log(sig(-1)) + math.log(sig(1))) / 2)
+    assert losses.generator_adversarial_loss(fake_logits).item() == \
+        pytest.approx(-(math.log(sig(-1)) + math.log(sig(1))) / 2)
 
 
 def test_adversarial_losses_are_finite_for_extreme_logits():
     real, fake = torch.tensor([200.0, -200.0]), torch.tensor([-200.0, 200.0])
-    assert torch.isfinite(losses.discriminator_loss(real, fake)) and torch.isfinite(losses.generator_adversarial_loss(fake))
+    assert torch.isfinite(losses.discriminator_loss(real, fake))
+    assert torch.isfinite(losses.generator_adversarial_loss(fake))
 
 
 def test_quantization_loss_by_hand():

@@ -25,15 +25,15 @@ from bganhash.bgan.model import (
 TINY = 1 / 16
 
 
-@pytest.mark.parametrize("image_size, stages", [(8, 0), (16, 1), (32, 2), (64, 3)])
-def test_upsampling_stages_follow_image_size(image_size, stages):
-    assert upsampling_stages(image_size) == stages
+@pytest.mark.parametrize("reconstruction_size, stages", [(8, 0), (16, 1), (32, 2), (64, 3)])
+def test_upsampling_stages_follow_reconstruction_size(reconstruction_size, stages):
+    assert upsampling_stages(reconstruction_size) == stages
 
 
-@pytest.mark.parametrize("image_size", [4, 12, 24, 48, 100])
-def test_invalid_image_sizes_are_rejected(image_size):
-    with pytest.raises(InputError, match="image_size"):
-        Generator(8, image_size)
+@pytest.mark.parametrize("reconstruction_size", [4, 12, 24, 48, 100])
+def test_invalid_reconstruction_sizes_are_rejected(reconstruction_size):
+    with pytest.raises(InputError, match="reconstruction_size"):
+        Generator(8, reconstruction_size)
 
 
 @pytest.mark.parametrize("image_size", [8, 32, 64])
@@ -145,7 +145,7 @@ def test_finetune_encoder_maps_images_to_backbone_input():
 )
 def test_networks_follow_loss_switches(overrides, has_generator, has_discriminator):
     config = make_config("cpu", 8, **overrides)
-    networks = BGANNetworks(config, n_features=10, image_size=8)
+    networks = BGANNetworks(config, n_features=10, reconstruction_size=8)
     assert (networks.generator is not None) == has_generator
     assert (networks.discriminator is not None) == has_discriminator
     assert networks.codes(torch.randn(3, 10)).shape == (3, 8)

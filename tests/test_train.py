@@ -10,20 +10,20 @@ import scipy.sparse as sp
 import torch
 
 from bganhash import InputError
-from bganhash.bgan.config import make_config
-from bganhash.bgan.model import BGANNetworks
-from bganhash.bgan.train import (
+from bganhash.bgan.checkpoint import (
     CONFIG_FILE,
     HISTORY_FILE,
     OPTIMIZER_JSON_FILE,
     OPTIMIZER_TENSORS_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
-    Trainer,
-    TrainingData,
     join_optimizer_states,
+    read_tensors,
     split_optimizer_states,
 )
+from bganhash.bgan.config import make_config
+from bganhash.bgan.model import BGANNetworks
+from bganhash.bgan.train import Trainer, TrainingData
 
 N, D, CLASSES = 48, 10, 4
 
@@ -34,8 +34,8 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 def _tiny_problem(seed: int = 0):
     rng = np.random.default_rng(seed)
     labels = np.arange(N) % CLASSES
-    centres = rng.standard_normal((CLASSES, D)) * 3
-    features = (centres[labels] + rng.standard_normal((N, D))).astype(np.float32)
+    centers = rng.standard_normal((CLASSES, D)) * 3
+    features = (centers[labels] + rng.standard_normal((N, D))).astype(np.float32)
     images = torch.rand(N, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     similarity = sp.csr_matrix(labels[:, None] == labels[None, :])
     return TrainingData(torch.from_numpy(features), images, similarity), labels
@@ -195,9 +195,35 @@ def test_resume_with_another_config_is_refused(tmp_path):
         other.fit(resume=True)
 
 
+def test_resume_from_a_checkpoint_saved_under_the_former_config_names(tmp_path):
+    """Checkpoints written before network.image_size became reconstruction_size still resume."""
+    data, _ = _tiny_problem()
+    config = _config(epochs_per_stage=1, beta_schedule=(1.0, 2.0, 5.0))
+    uninterrupted = _trainer(config, data)
+    uninterrupted.fit()
+    first = _trainer(_config(epochs_per_stage=1, beta_schedule=(1.0,)), data, checkpoint_dir=tmp_path)
+    first.fit()
+    saved = json.loads((tmp_path / CONFIG_FILE).read_text())
+    network = saved["network"]
+    network["image_size"], network["max_image_size"] = network.pop("reconstruction_size"), \
+        network.pop("max_reconstruction_size")
+    saved["train"]["beta_schedule"] = [1.0, 2.0, 5.0]  # as if stage 0 of the 3-stage run had been saved
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
+    resumed = _trainer(config, data, checkpoint_dir=tmp_path)
+    assert len(resumed.fit(resume=True)) == 3
+    for key, value in uninterrupted.networks.state_dict().items():
+        assert torch.equal(value, resumed.networks.state_dict()[key]), key
+    other = _trainer(_config(epochs_per_stage=1, beta_schedule=(1.0, 2.0, 5.0), max_reconstruction_size=32), data,
+                     checkpoint_dir=tmp_path)
+    with pytest.raises(InputError, match=r"network.max_reconstruction_size"):
+        other.fit(resume=True)
+
+
 def test_optimizer_state_split_round_trip():
     layer = torch.nn.Linear(3, 2)
-    for optimizer in (torch.optim.Adam(layer.parameters(), lr=0.1), torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)):
+    optimizers = (torch.optim.Adam(layer.parameters(), lr=0.1),
+                  torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9))
+    for optimizer in optimizers:
         layer(torch.randn(4, 3)).sum().backward()
         optimizer.step()
         tensors, document = split_optimizer_states({"enc": optimizer.state_dict()})
@@ -221,8 +247,6 @@ def test_training_uses_the_configured_threads_and_restores_them():
 
 
 def test_resume_from_a_truncated_checkpoint_names_the_file(tmp_path):
-    from bganhash.bgan.train import read_tensors
-
     damaged = tmp_path / "weights.safetensors"
     damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(InputError, match="weights.safetensors"):

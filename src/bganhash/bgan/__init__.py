@@ -1,4 +1,5 @@
-"""BGAN (Song et al., 2017): configuration, networks, losses, the training loop and the estimator.
+"""BGAN (Song et al., 2017): configuration, networks, losses, the training loop, its checkpoints and
+data-parallel training, and the estimator.
 
 `bganhash.bgan.BGANHasher` is imported on first access, so that importing this package loads no torch.
 """

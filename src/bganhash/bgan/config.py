@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from bganhash._validation import InputError
+from bganhash.features.transforms import TRANSFORMS
 
 PRESETS = ("cpu", "paper")
 ENCODERS = ("head", "vgg", "finetune")
 ACTIVATIONS = ("app", "tanh", "two_step")
 OPTIMIZERS = ("adam", "sgd")
-FEATURE_TRANSFORMS = ("none", "l2", "sqrt_l2_center")
 
 
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -50,6 +50,10 @@ def _check_int_tuple(values: tuple, name: str, minimum: int, allow_empty: bool) 
 class _JsonConfig:
     """Shared `to_dict` / `from_dict` (lists become tuples again) and validation on construction."""
 
+    # Fields that earlier versions saved under another name: former name -> current name. `from_dict`
+    # reads either (configs saved beside old models and checkpoints keep loading).
+    FORMER_NAMES: ClassVar[dict[str, str]] = {}
+
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
@@ -67,9 +71,18 @@ class _JsonConfig:
         }
 
     @classmethod
+    def upgrade(cls, document: dict[str, Any]) -> dict[str, Any]:
+        """`document` with the fields saved under a former name renamed (order and values kept)."""
+        for former, current in cls.FORMER_NAMES.items():
+            if former in document and current in document:
+                raise InputError(f"{cls.__name__} got both {former!r} (the former name) and {current!r}: give one")
+        return {cls.FORMER_NAMES.get(key, key): value for key, value in document.items()}
+
+    @classmethod
     def from_dict(cls, document: dict[str, Any]) -> Any:
         if not isinstance(document, dict):
             raise InputError(f"{cls.__name__} expects a JSON object; got {type(document).__name__}")
+        document = cls.upgrade(document)
         known = {item.name for item in dataclasses.fields(cls)}
         unknown = sorted(set(document) - known)
         if unknown:
@@ -96,11 +109,11 @@ class NeighborhoodConfig(_JsonConfig):
     nprobe: int = 16
 
     def validate(self) -> None:
-        from bganhash.neighborhood.algorithm import KNN_METHODS
+        from bganhash.neighborhood.knn import KNN_METHODS  # numba, through the neighborhood package
 
         _check_int(self.k1, "k1", 1)
         _check_int(self.k2, "k2", 1)
-        _check_choice(self.feature_transform, "feature_transform", FEATURE_TRANSFORMS)
+        _check_choice(self.feature_transform, "feature_transform", TRANSFORMS)
         _check_choice(self.knn_method, "knn_method", KNN_METHODS)
         _check_int(self.nprobe, "nprobe", 1)
         if not isinstance(self.supervised, bool):
@@ -125,13 +138,17 @@ class NetworkConfig(_JsonConfig):
     # Scales every generator / discriminator width (and the VGG encoder's); 1 = the paper's widths.
     # 1/16 keeps a CIFAR-10 epoch of 10,000 images at 5-9 s on the shared 2-core machine.
     width_factor: float = 0.0625
-    # Side of the reconstructed images (8 * 2**k); 0 = the largest such side that is at most both
-    # the training images' side and max_image_size.
-    image_size: int = 0
+    # Side of the reconstructed images, the generator's output and the discriminator's input (8 * 2**k;
+    # not the backbone's input side, FeatureConfig.image_size); 0 = the largest such side that is at
+    # most both the training images' side and max_reconstruction_size.
+    reconstruction_size: int = 0
     # 16 on CPU: a 16x16 reconstruction of CIFAR-10 trains about 1.7x faster than 32x32 (9.4
     # against 16.3 s per epoch) and scored no lower on the validation split (0.391 against 0.377,
     # 32 bits, tanh, lambda_1 = 0.1); the paper preset allows the authors' 64.
-    max_image_size: int = 16
+    max_reconstruction_size: int = 16
+
+    FORMER_NAMES: ClassVar[dict[str, str]] = {"image_size": "reconstruction_size",
+                                              "max_image_size": "max_reconstruction_size"}
 
     def validate(self) -> None:
         _check_choice(self.encoder, "encoder", ENCODERS)
@@ -141,18 +158,18 @@ class NetworkConfig(_JsonConfig):
         _check_int_tuple(self.discriminator_widths, "discriminator_widths", 1, allow_empty=False)
         _check_int(self.discriminator_dense, "discriminator_dense", 1)
         _check_number(self.width_factor, "width_factor", 0.0, inclusive=False)
-        _check_int(self.image_size, "image_size", 0)
-        if self.image_size:
-            check_image_size(self.image_size)
-        _check_int(self.max_image_size, "max_image_size", 8)
+        _check_int(self.reconstruction_size, "reconstruction_size", 0)
+        if self.reconstruction_size:
+            check_reconstruction_size(self.reconstruction_size)
+        _check_int(self.max_reconstruction_size, "max_reconstruction_size", 8)
         if not isinstance(self.backbone, str) or not self.backbone:
             raise InputError(f"backbone={self.backbone!r} must be a backbone name")
 
 
-def check_image_size(size: int) -> int:
+def check_reconstruction_size(size: int) -> int:
     """Reconstructions start from 8x8 and double: the side must be 8, 16, 32, 64, ..."""
     if size < 8 or size % 8 or (size // 8) & (size // 8 - 1):
-        raise InputError(f"image_size={size} must be 8 * 2**k (8, 16, 32, 64, ...)")
+        raise InputError(f"reconstruction_size={size} must be 8 * 2**k (8, 16, 32, 64, ...)")
     return size
 
 
@@ -240,6 +257,9 @@ SECTIONS = {
     "loss": LossConfig,
     "train": TrainConfig,
 }
+# Flat former field names (`--set image_size=32`, `BGANHasher(image_size=32)`) -> current names.
+FORMER_FIELD_NAMES = {former: current for section in SECTIONS.values()
+                      for former, current in section.FORMER_NAMES.items()}
 
 
 @dataclass
@@ -280,7 +300,8 @@ class BGANConfig(_JsonConfig):
 
 PAPER_OVERRIDES: dict[str, dict[str, Any]] = {
     "neighborhood": {"k1": 20, "k2": 30, "feature_transform": "none"},
-    "network": {"encoder": "vgg", "head_hidden": (4096, 4096), "width_factor": 1.0, "max_image_size": 64},
+    "network": {"encoder": "vgg", "head_hidden": (4096, 4096), "width_factor": 1.0,
+                "max_reconstruction_size": 64},
     "loss": {"quantization_weight": 0.0, "lambda_content": 0.1, "activation": "tanh"},
     "train": {"optimizer": "sgd", "lr": 0.01, "batch_size": 256, "epochs_per_stage": 15, "device": "cuda",
               "num_threads": 0},
@@ -315,9 +336,14 @@ def override_config(config: BGANConfig, **overrides: Any) -> BGANConfig:
     """A copy of `config` with fields replaced by flat name, or whole sections by section name."""
     document = config.to_dict()
     owner = {key: name for name in SECTIONS for key in document[name]}
+    for former, current in FORMER_FIELD_NAMES.items():
+        if former in overrides and current in overrides:
+            raise InputError(f"got both {former!r} (the former name) and {current!r}: give one")
     for key, value in overrides.items():
+        key = FORMER_FIELD_NAMES.get(key, key)
         if key in SECTIONS:
-            document[key].update(value.to_dict() if isinstance(value, SECTIONS[key]) else dict(value))
+            section = SECTIONS[key]
+            document[key].update(value.to_dict() if isinstance(value, section) else section.upgrade(dict(value)))
         elif key in owner:
             document[owner[key]][key] = value
         elif key in ("n_bits", "preset"):
@@ -325,3 +351,12 @@ def override_config(config: BGANConfig, **overrides: Any) -> BGANConfig:
         else:
             raise InputError(f"unknown BGAN setting {key!r}; known settings: {sorted([*owner, *SECTIONS])}")
     return BGANConfig.from_dict(document)
+
+
+def upgrade_config_document(document: Any) -> Any:
+    """A saved BGANConfig document with every field under its current name; nothing else changes (no
+    defaults are filled in), so that an old document compares with a new one key by key."""
+    if not isinstance(document, dict):
+        return document
+    return {key: SECTIONS[key].upgrade(value) if key in SECTIONS and isinstance(value, dict) else value
+            for key, value in document.items()}

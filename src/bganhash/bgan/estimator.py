@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse
 import torch
 
 from bganhash._validation import InputError, check_features, check_fitted, check_positive_int
-from bganhash.bgan.config import BGANConfig, check_image_size, make_config, override_config
-from bganhash.features.transforms import transform_centre, transform_features
-from bganhash.hashers.base import Hasher
+from bganhash.bgan.config import (
+    BGANConfig,
+    check_reconstruction_size,
+    make_config,
+    override_config,
+    upgrade_config_document,
+)
 from bganhash.bgan.model import BGANNetworks, images_to_tensor
 from bganhash.bgan.train import Trainer, TrainingData
+from bganhash.features.backbones import create_backbone
+from bganhash.features.config import FeatureConfig
+from bganhash.features.transforms import transform_center, transform_features
+from bganhash.hashers.base import Hasher
+from bganhash.metrics import mean_average_precision
+from bganhash.neighborhood.algorithm import neighborhood_structure
+from bganhash.neighborhood.supervised import label_neighborhood
 
-def default_image_size(height: int, width: int, max_size: int = 64) -> int:
+# Saved models of earlier versions name some learned state differently: former name -> current name.
+FORMER_ARRAY_NAMES = {"input_centre_": "input_center_"}
+FORMER_ATTRIBUTE_NAMES = {"image_size_": "reconstruction_size_"}
+
+
+def default_reconstruction_size(height: int, width: int, max_size: int = 64) -> int:
     """The largest valid reconstruction side (8 * 2**k) not above the images' side nor `max_size`."""
     side = min(height, width, max(max_size, 8))
     if side < 8:
@@ -27,9 +42,9 @@ def default_image_size(height: int, width: int, max_size: int = 64) -> int:
 
 
 def fit_input_transform(X: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The transformed training features and the centre to reuse on new features (None when uncentred)."""
-    centre = transform_centre(X, method)
-    return transform_features(X, method, centre), centre
+    """The transformed training features and the center to reuse on new features (None when uncentered)."""
+    center = transform_center(X, method)
+    return transform_features(X, method, center), center
 
 
 class BGANHasher(Hasher):
@@ -58,8 +73,8 @@ class BGANHasher(Hasher):
     networks_ : BGANNetworks, the trained encoder, hash layer, generator and discriminator.
     config_ : dict, the configuration actually used.
     history_ : list of dict, per-epoch mean losses, D(real), D(fake), bit balance, seconds (and val_map).
-    input_centre_ : (n_features,) float32 or None, centre of the transformed training features.
-    image_size_ : int or None, side of the reconstructed images.
+    input_center_ : (n_features,) float32 or None, center of the transformed training features.
+    reconstruction_size_ : int or None, side of the reconstructed images (the generator's output).
     n_features_in_ : int.
     """
 
@@ -126,7 +141,8 @@ class BGANHasher(Hasher):
         if resume and checkpoint_dir is None:
             raise InputError("resume=True needs checkpoint_dir=<the directory of an earlier run's checkpoints>")
         if config.train.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"device={config.train.device!r} but CUDA is not available; use preset='cpu' or device='cpu'")
+            raise InputError(f"device={config.train.device!r} but CUDA is not available; use preset='cpu' or "
+                             "device='cpu'")
         if n < 2:
             raise InputError(f"BGAN needs at least 2 training images; got {n}")
         pixels = config.network.encoder != "head"
@@ -135,33 +151,31 @@ class BGANHasher(Hasher):
                 "images=None, but the content and adversarial losses (and pixel encoders) need the training "
                 "images: pass images=(n, H, W, 3) uint8, or use_content=False, use_adversarial=False"
             )
-        image_size, targets = None, None
+        reconstruction_size, targets = None, None
         if images is not None:
             images = check_images(images, "images", n_rows=n)
-            image_size = config.network.image_size or default_image_size(*images.shape[1:3],
-                                                                            config.network.max_image_size)
-            targets = images_to_tensor(images, check_image_size(image_size))
-        inputs, centre = fit_input_transform(X, config.neighborhood.feature_transform)
+            reconstruction_size = config.network.reconstruction_size or default_reconstruction_size(
+                *images.shape[1:3], config.network.max_reconstruction_size)
+            targets = images_to_tensor(images, check_reconstruction_size(reconstruction_size))
+        inputs, center = fit_input_transform(X, config.neighborhood.feature_transform)
         similarity = self._similarity(inputs, neighborhood, labels, config, progress)
         torch.manual_seed(config.train.seed)
-        networks = self._build_networks(config, X.shape[1], image_size or 8, pretrained=True)
+        networks = self._build_networks(config, X.shape[1], reconstruction_size or 8, pretrained=True)
         networks.to(config.train.device)
         data = TrainingData(targets if pixels else torch.from_numpy(inputs), targets, similarity)
-        evaluate = None if validation is None else self._validation_scorer(validation, config, centre, X.shape[1])
+        evaluate = None if validation is None else self._validation_scorer(validation, config, center, X.shape[1])
         trainer = Trainer(config, networks, data, checkpoint_dir, progress, evaluate)
         self.history_ = trainer.fit(resume=resume)
         self.networks_ = networks
         self.config_ = config.to_dict()
-        self.input_centre_ = centre
-        self.image_size_ = image_size
+        self.input_center_ = center
+        self.reconstruction_size_ = reconstruction_size
         self.n_features_in_ = int(X.shape[1])
         return self
 
     def _similarity(self, inputs: np.ndarray, neighborhood: Any, labels: Any, config: BGANConfig,
                     progress: bool = False):
         """S's positives, as an (n, n) boolean CSR matrix."""
-        from bganhash.neighborhood.algorithm import label_neighborhood, neighborhood_structure
-
         n = inputs.shape[0]
         if neighborhood is not None:
             matrix = scipy.sparse.csr_matrix(neighborhood)
@@ -176,25 +190,22 @@ class BGANHasher(Hasher):
         return neighborhood_structure(inputs, k1=k1, k2=k2, knn_method=config.neighborhood.knn_method,
                                       nprobe=config.neighborhood.nprobe, progress=progress)
 
-    def _build_networks(self, config: BGANConfig, n_features: int, image_size: int, pretrained: bool) -> BGANNetworks:
+    def _build_networks(self, config: BGANConfig, n_features: int, reconstruction_size: int,
+                        pretrained: bool) -> BGANNetworks:
         backbone, input_size = None, 224
         if config.network.encoder == "finetune":
-            from bganhash.features.backbones import create_backbone
-
             backbone = create_backbone(config.network.backbone, pretrained=pretrained)
             input_size = self._feature_config().image_size
-        return BGANNetworks(config, n_features, image_size, backbone, input_size)
+        return BGANNetworks(config, n_features, reconstruction_size, backbone, input_size)
 
-    def _validation_scorer(self, validation: tuple, config: BGANConfig, centre: np.ndarray | None, n_features: int):
+    def _validation_scorer(self, validation: tuple, config: BGANConfig, center: np.ndarray | None, n_features: int):
         """A callback giving mAP@all of the validation queries against the validation database."""
-        from bganhash.metrics import mean_average_precision
-
         if not (isinstance(validation, (tuple, list)) and len(validation) == 4):
             raise InputError("validation must be (X_query, y_query, X_database, y_database)")
         x_query, y_query, x_database, y_database = validation
         method = config.neighborhood.feature_transform
-        queries = transform_features(check_features(x_query, "validation X_query", n_features), method, centre)
-        database = transform_features(check_features(x_database, "validation X_database", n_features), method, centre)
+        queries = transform_features(check_features(x_query, "validation X_query", n_features), method, center)
+        database = transform_features(check_features(x_database, "validation X_database", n_features), method, center)
 
         def score(networks: BGANNetworks) -> float:
             return mean_average_precision(feature_codes(networks, queries), feature_codes(networks, database),
@@ -204,84 +215,77 @@ class BGANHasher(Hasher):
 
     # ---- encode ------------------------------------------------------------------------------------
 
-    def encode(self, inputs: Any, batch_size: int = 1024, progress: bool = False) -> np.ndarray:
-        """Codes as int8 (n, n_bits) in {-1, +1} (sgn(0) = +1) for features (n, D), images
-        (n, H, W, 3) uint8, a list of image paths, or a Dataset."""
+    @property
+    def encodes_pixels(self) -> bool:
+        """True for the whole-encoder modes ("vgg", "finetune"): `encode` takes images, not features."""
+        check_fitted(self, "networks_")
+        return bool(self.networks_.encodes_pixels)
+
+    @property
+    def pixel_size(self) -> int:
+        """The side, in pixels, of the images a pixel encoder reads (the reconstruction side)."""
+        check_fitted(self, "networks_")
+        return int(self.reconstruction_size_)
+
+    def encode(self, inputs: Any, batch_size: int = 1024) -> np.ndarray:
+        """Codes as int8 (n, n_bits) in {-1, +1} (sgn(0) = +1): of backbone features (n, D), or, for the
+        pixel encoders, of images (n, pixel_size, pixel_size, 3) uint8. Images and paths of any size go
+        through `bganhash.pipeline.ImagePipeline`, which extracts features or resizes first."""
         check_fitted(self, "networks_")
         batch_size = check_positive_int(batch_size, "batch_size")
-        pixels = self.networks_.encodes_pixels
-        if _is_dataset(inputs) or _is_path_list(inputs):
-            dataset = inputs if _is_dataset(inputs) else _path_dataset(inputs)
-            if pixels:
-                return self._encode_images(dataset.to_array(size=self.image_size_), batch_size)
-            return self._encode_features(self._extract(dataset, progress), batch_size)
-        array = np.asarray(inputs) if not isinstance(inputs, np.ndarray) else inputs
-        if array.ndim == 4:
+        array = inputs if isinstance(inputs, np.ndarray) else np.asarray(inputs)
+        if self.encodes_pixels:
+            if array.ndim == 2:
+                raise InputError(f"this BGAN encodes pixels (encoder={self.config_['network']['encoder']!r}); pass "
+                                 "images (n, H, W, 3) uint8, not features")
             images = check_images(array, "images")
-            if pixels:
-                return self._encode_images(images, batch_size)
-            from bganhash.datasets.base import ArraySource, Dataset
-
-            dataset = Dataset("images", ArraySource(images), [f"images/{i}" for i in range(len(images))])
-            return self._encode_features(self._extract(dataset, progress), batch_size)
-        if array.ndim == 2:
-            if pixels:
-                raise InputError(f"this BGAN encodes pixels (encoder={self.config_['network']['encoder']!r}); "
-                                 "pass images, image paths or a Dataset, not features")
-            return self._encode_features(array, batch_size)
-        raise InputError(
-            "encode takes features (n, D), images (n, H, W, 3) uint8, a list of image paths or a Dataset; "
-            f"got {type(inputs).__name__} with shape {getattr(array, 'shape', None)}"
-        )
+            if images.shape[1:3] != (self.pixel_size, self.pixel_size):
+                raise InputError(f"this BGAN encodes {self.pixel_size}x{self.pixel_size} images; got "
+                                 f"{images.shape[1]}x{images.shape[2]} (ImagePipeline.encode_images resizes)")
+            return self._encode_images(images, batch_size)
+        if array.ndim != 2:
+            raise InputError(f"this BGAN encodes features (n, {self.n_features_in_}); got shape {array.shape} "
+                             "(images go through ImagePipeline.encode_images)")
+        return self._encode_features(array, batch_size)
 
     def _encode_features(self, X: Any, batch_size: int) -> np.ndarray:
         X = check_features(X, "X", n_features=self.n_features_in_)
-        inputs = transform_features(X, self.config_["neighborhood"]["feature_transform"], self.input_centre_)
+        inputs = transform_features(X, self.config_["neighborhood"]["feature_transform"], self.input_center_)
         return feature_codes(self.networks_, inputs, batch_size)
 
     def _encode_images(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         device = next(self.networks_.parameters()).device
-        chunks = [self.networks_.codes(images_to_tensor(images[i:i + batch_size], self.image_size_).to(device))
+        chunks = [self.networks_.codes(images_to_tensor(images[i:i + batch_size], self.reconstruction_size_).to(device))
                   for i in range(0, len(images), batch_size)]
         return torch.cat(chunks).cpu().numpy() if chunks else np.empty((0, self.n_bits), np.int8)
 
-    def _feature_config(self) -> Any:
-        from bganhash.features.config import FeatureConfig
-
+    def _feature_config(self) -> FeatureConfig:
         if self.feature_config is None:
             return FeatureConfig()
         if isinstance(self.feature_config, FeatureConfig):
             return self.feature_config
         return FeatureConfig(**self.feature_config)
 
-    def _extract(self, dataset: Any, progress: bool) -> np.ndarray:
-        """Backbone features of `dataset` with the stored feature configuration (in batches)."""
-        from bganhash.features.backbones import create_backbone
-        from bganhash.features.extract import compute_features
-
-        config = self._feature_config().validate()
-        if getattr(self, "_backbone", None) is None or self._backbone_name != config.backbone:
-            self._backbone, self._backbone_name = create_backbone(config.backbone), config.backbone
-        return compute_features(dataset, self._backbone, config, progress=progress)
-
     # ---- persistence (Hasher.save / Hasher.load write these) ---------------------------------------
 
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {f"networks_.{k}": v.detach().cpu().numpy() for k, v in self.networks_.state_dict().items()}
-        if self.input_centre_ is not None:
-            arrays["input_centre_"] = self.input_centre_
-        attributes = {"config_": self.config_, "history_": self.history_, "image_size_": self.image_size_,
-                      "n_features_in_": self.n_features_in_}
+        if self.input_center_ is not None:
+            arrays["input_center_"] = self.input_center_
+        attributes = {"config_": self.config_, "history_": self.history_,
+                      "reconstruction_size_": self.reconstruction_size_, "n_features_in_": self.n_features_in_}
         return arrays, attributes
 
     def _set_state(self, arrays: dict[str, np.ndarray], attributes: dict[str, Any]) -> None:
-        self.config_ = attributes["config_"]
+        arrays = _current_names(arrays, FORMER_ARRAY_NAMES)
+        attributes = _current_names(attributes, FORMER_ATTRIBUTE_NAMES)
+        self.config_ = upgrade_config_document(attributes["config_"])
         self.history_ = attributes.get("history_", [])
-        self.image_size_ = attributes.get("image_size_")
+        self.reconstruction_size_ = attributes.get("reconstruction_size_")
         self.n_features_in_ = int(attributes["n_features_in_"])
-        self.input_centre_ = arrays.get("input_centre_")
+        self.input_center_ = arrays.get("input_center_")
         config = BGANConfig.from_dict(self.config_)
-        networks = self._build_networks(config, self.n_features_in_, self.image_size_ or 8, pretrained=False)
+        networks = self._build_networks(config, self.n_features_in_, self.reconstruction_size_ or 8, pretrained=False)
         prefix = "networks_."
         state = {k[len(prefix):]: torch.from_numpy(v.copy()) for k, v in arrays.items() if k.startswith(prefix)}
         try:
@@ -291,7 +295,7 @@ class BGANHasher(Hasher):
         self.networks_ = networks.eval()
 
     def _project(self, X: np.ndarray) -> np.ndarray:
-        inputs = transform_features(X, self.config_["neighborhood"]["feature_transform"], self.input_centre_)
+        inputs = transform_features(X, self.config_["neighborhood"]["feature_transform"], self.input_center_)
         with torch.no_grad():
             return self.networks_.project(torch.from_numpy(inputs)).numpy()
 
@@ -307,6 +311,11 @@ def feature_codes(networks: BGANNetworks, inputs: np.ndarray, batch_size: int = 
     return torch.cat(chunks).cpu().numpy()
 
 
+def _current_names(state: dict[str, Any], former_names: dict[str, str]) -> dict[str, Any]:
+    """Saved state with the entries saved under a former name under their current name."""
+    return {former_names.get(key, key): value for key, value in state.items()}
+
+
 def check_images(images: Any, name: str, n_rows: int | None = None) -> np.ndarray:
     """A (n, H, W, 3) uint8 array, or InputError naming what is wrong."""
     array = np.asarray(images)
@@ -315,25 +324,3 @@ def check_images(images: Any, name: str, n_rows: int | None = None) -> np.ndarra
     if n_rows is not None and array.shape[0] != n_rows:
         raise InputError(f"{name} has {array.shape[0]} images but X has {n_rows} rows")
     return array
-
-
-def _is_dataset(inputs: Any) -> bool:
-    from bganhash.datasets.base import Dataset
-
-    return isinstance(inputs, Dataset)
-
-
-def _is_path_list(inputs: Any) -> bool:
-    return isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(
-        isinstance(item, (str, os.PathLike)) for item in inputs)
-
-
-def _path_dataset(paths: Sequence[str | os.PathLike]):
-    """A Dataset over image files given by path (absolute, or relative to the working directory)."""
-    from bganhash.datasets.base import Dataset, FileSource
-
-    members = [str(path) for path in paths]
-    missing = [m for m in members if not Path(m).is_file()]
-    if missing:
-        raise InputError(f"no image file at {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    return Dataset("paths", FileSource(Path("."), members), members)

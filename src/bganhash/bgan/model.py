@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bganhash.bgan.config import BGANConfig, check_image_size
+from bganhash.bgan.config import BGANConfig, check_reconstruction_size
 
 VGG_GROUPS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # Table 1: (filters, conv layers)
 BASE_SIZE = 8  # the generator's fully connected layer makes 8x8 maps (Section 3.2.3)
@@ -82,10 +82,10 @@ class VGGEncoder(nn.Module):
     """The paper's Table 1 encoder from pixels: five groups of 3x3 convolutions with ReLU, a 2x2
     max-pool after each group while the maps are at least 2x2, then FC6/FC7."""
 
-    def __init__(self, image_size: int, hidden: tuple[int, ...] = (4096, 4096), width_factor: float = 1.0) -> None:
+    def __init__(self, input_size: int, hidden: tuple[int, ...] = (4096, 4096), width_factor: float = 1.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        channels, size = 3, image_size
+        channels, size = 3, input_size
         for filters, repeats in VGG_GROUPS:
             for _ in range(repeats):
                 layers += [nn.Conv2d(channels, scaled(filters, width_factor), 3, padding=1), nn.ReLU(inplace=True)]
@@ -119,19 +119,19 @@ class FinetuneEncoder(nn.Module):
         return self.fully_connected(self.backbone.forward_features((x - self.mean) / self.std))
 
 
-def upsampling_stages(image_size: int) -> int:
-    """Stride-2 layers needed to grow the generator's 8x8 maps to `image_size` (0 for 8x8 digits)."""
-    return int(math.log2(check_image_size(image_size) // BASE_SIZE))
+def upsampling_stages(reconstruction_size: int) -> int:
+    """Stride-2 layers needed to grow the generator's 8x8 maps to `reconstruction_size` (0 for 8x8 digits)."""
+    return int(math.log2(check_reconstruction_size(reconstruction_size) // BASE_SIZE))
 
 
 class Generator(nn.Module):
     """b -> FC to 8x8xC -> 5x5 transposed convolutions (stride 2 while up-sampling is needed, else 1),
     batch-norm + ELU after each -> 1x1 convolution to RGB -> tanh (Section 3.2.3)."""
 
-    def __init__(self, n_bits: int, image_size: int, width_factor: float = 1.0,
+    def __init__(self, n_bits: int, reconstruction_size: int, width_factor: float = 1.0,
                  widths: tuple[int, ...] = (256, 128, 32), fc_channels: int = 256) -> None:
         super().__init__()
-        n_up = upsampling_stages(image_size)
+        n_up = upsampling_stages(reconstruction_size)
         widths = tuple(widths) + (widths[-1],) * max(0, n_up - len(widths))  # more layers for large images
         self.fc_channels = scaled(fc_channels, width_factor)
         self.fully_connected = nn.Sequential(
@@ -161,11 +161,11 @@ class Discriminator(nn.Module):
     """5x5 convolutions (stride 2 while the maps are larger than 4x4), ELU, no pooling, dense layer,
     one logit (the sigmoid is inside the loss). `features` = phi, the last convolution's activations."""
 
-    def __init__(self, image_size: int, widths: tuple[int, ...] = (32, 128, 256, 512),
+    def __init__(self, reconstruction_size: int, widths: tuple[int, ...] = (32, 128, 256, 512),
                  width_factor: float = 1.0, dense: int = 1024) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        channels, size = 3, check_image_size(image_size)
+        channels, size = 3, check_reconstruction_size(reconstruction_size)
         for width in widths:
             stride = 2 if size > 4 else 1
             out = scaled(width, width_factor)
@@ -190,16 +190,17 @@ class Discriminator(nn.Module):
 
 class BGANNetworks(nn.Module):
     """All trained modules in one state dict: encoder, hash layer and, when a loss needs them, the
-    generator and the discriminator."""
+    generator and the discriminator. `reconstruction_size` is the side of the images the generator makes
+    and the discriminator reads (and, for encoder="vgg", the encoder's input side)."""
 
-    def __init__(self, config: BGANConfig, n_features: int, image_size: int,
+    def __init__(self, config: BGANConfig, n_features: int, reconstruction_size: int,
                  backbone: nn.Module | None = None, backbone_input_size: int = 224) -> None:
         super().__init__()
         net, loss = config.network, config.loss
         if net.encoder == "head":
             self.encoder: nn.Module = HeadEncoder(n_features, net.head_hidden)
         elif net.encoder == "vgg":
-            self.encoder = VGGEncoder(image_size, net.head_hidden, net.width_factor)
+            self.encoder = VGGEncoder(reconstruction_size, net.head_hidden, net.width_factor)
         else:
             if backbone is None:
                 from bganhash.features.backbones import create_backbone
@@ -210,10 +211,10 @@ class BGANNetworks(nn.Module):
         self.generator: Generator | None = None
         self.discriminator: Discriminator | None = None
         if loss.needs_images:
-            self.generator = Generator(config.n_bits, image_size, net.width_factor,
+            self.generator = Generator(config.n_bits, reconstruction_size, net.width_factor,
                                        net.generator_widths, net.generator_fc_channels)
         if loss.use_adversarial or (loss.use_content and loss.perceptual_weight > 0):
-            self.discriminator = Discriminator(image_size, net.discriminator_widths,
+            self.discriminator = Discriminator(reconstruction_size, net.discriminator_widths,
                                                net.width_factor, net.discriminator_dense)
 
     @property

@@ -7,31 +7,30 @@ encoder and W_h descend l_N + lambda1 l_C (+ the quantisation term) (Eq. 18, 21)
 descends lambda1 l_C + lambda2 l_A (Eq. 19), both from one forward pass.
 
 Under torchrun each process trains on its shard of every mini-batch and the result equals one process
-with the same global batch; how the gradients are made equal is explained in `bganhash.bgan.distributed`.
+with the same global batch: `train_step` computes its terms through the `Shard` strategy of
+`bganhash.bgan.distributed` (where the maths is explained), the identity in one process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
-import safetensors.torch
 import scipy.sparse
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bganhash._io import atomic_write, write_json
-from bganhash._validation import InputError
+from bganhash._system import torch_threads
+from bganhash.bgan.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from bganhash.bgan.config import BGANConfig
-from bganhash.bgan.distributed import World, current_world
+from bganhash.bgan.distributed import Shard, World, current_world
 from bganhash.bgan.losses import (
     adversarial_objective,
     content_loss,
@@ -41,14 +40,6 @@ from bganhash.bgan.losses import (
     quantization_loss,
 )
 from bganhash.bgan.model import BGANNetworks, FinetuneEncoder, relax_sign
-
-WEIGHTS_FILE = "weights.safetensors"
-OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
-OPTIMIZER_JSON_FILE = "optimizer.json"
-CONFIG_FILE = "config.json"
-STATE_FILE = "state.json"  # written last: a checkpoint counts only once it exists
-HISTORY_FILE = "history.json"
-WHOLE_BATCH_STATS = ("bit_balance", "loss_n", "loss_q")  # computed on the gathered batch, not per shard
 
 
 @dataclass
@@ -75,45 +66,6 @@ def make_optimizer(parameters: list[nn.Parameter], config: BGANConfig) -> torch.
     return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
 
 
-def discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor,
-                       fake: torch.Tensor, weight: float = 1.0) -> dict[str, float]:
-    """Ascend Eq. 14 (descend its BCE form) on real images and detached reconstructions (Eq. 20).
-
-    `weight` multiplies the loss (a shard's `Shard.weight` in distributed training)."""
-    real_logits = discriminator(real)
-    fake_logits = discriminator(fake.detach())
-    loss = discriminator_loss(real_logits, fake_logits)
-    optimizer.zero_grad(set_to_none=True)
-    (weight * loss).backward()
-    optimizer.step()
-    with torch.no_grad():
-        return {
-            "loss_a": adversarial_objective(real_logits, fake_logits).item(),
-            "d_real": torch.sigmoid(real_logits).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits).mean().item(),
-        }
-
-
-def encoder_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: list[nn.Parameter]) -> None:
-    """Descend l_N + lambda1 l_C (+ quantisation) w.r.t. the encoder and W_h only (Eq. 18, 21).
-
-    The graph is kept for `generator_step`, which only walks the generator and discriminator parts
-    of it, so stepping the encoder's weights here does not disturb it.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    if loss.requires_grad:
-        loss.backward(inputs=parameters, retain_graph=True)
-        optimizer.step()
-
-
-def generator_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: list[nn.Parameter]) -> None:
-    """Descend lambda1 l_C + lambda2 l_A w.r.t. the generator only (Eq. 19)."""
-    optimizer.zero_grad(set_to_none=True)
-    if loss.requires_grad:
-        loss.backward(inputs=parameters)
-        optimizer.step()
-
-
 def bit_balance(z: torch.Tensor) -> float:
     """1 when every bit is +1 on half of the batch, 0 when every bit is constant."""
     positive = (z >= 0).float().mean(dim=0)
@@ -129,6 +81,7 @@ class _Projection(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.hash_layer.project(self.encoder(inputs))
+
 
 
 class Trainer:
@@ -159,52 +112,65 @@ class Trainer:
         self.project = self.world.wrap(_Projection(networks),  # a fine-tuned backbone's classifier is unused
                                        find_unused_parameters=isinstance(networks.encoder, FinetuneEncoder))
         self.generate = self.world.wrap(networks.generator) if networks.generator is not None else None
-        self.encoder_parameters = [*networks.encoder.parameters(), *networks.hash_layer.parameters()]
-        self.optimizers = {"encoder": make_optimizer(self.encoder_parameters, config)}
+        self.discriminate = None
+        # the parameters each optimiser steps: theta + W_h, pi, psi
+        self.parameter_groups = {"encoder": [*networks.encoder.parameters(), *networks.hash_layer.parameters()]}
         if networks.generator is not None:
-            self.generator_parameters = list(networks.generator.parameters())
-            self.optimizers["generator"] = make_optimizer(self.generator_parameters, config)
+            self.parameter_groups["generator"] = list(networks.generator.parameters())
         if networks.discriminator is not None and config.loss.use_adversarial:
-            self.optimizers["discriminator"] = make_optimizer(list(networks.discriminator.parameters()), config)
+            self.parameter_groups["discriminator"] = list(networks.discriminator.parameters())
             self.discriminate = self.world.wrap(networks.discriminator)
+        self.optimizers = {name: make_optimizer(group, config) for name, group in self.parameter_groups.items()}
         self.history: list[dict[str, Any]] = []
         self.next_stage = 0
 
     # ---- one mini-batch --------------------------------------------------------------------------
 
     def train_step(self, index: np.ndarray, beta: float) -> dict[str, float]:
-        """One discriminator, encoder and generator update on the training rows `index` (the global
-        batch: each process computes its shard's rows; the per-row losses are shard means, weighted)."""
-        loss_cfg, nets = self.config.loss, self.networks
-        shard = self.world.shard(index)  # all of `index` in one process
-        z = shard.gather(self.project(self.data.inputs[shard.rows].to(self.device)))  # the whole batch's z
-        codes = relax_sign(z, beta, loss_cfg.activation)
-        stats: dict[str, float] = {"bit_balance": bit_balance(z.detach())}
+        """One update of the discriminator, then of the encoder and the generator, on the training rows
+        `index` (the global batch; this process computes the rows of its `shard`)."""
+        cfg, shard = self.config.loss, self.world.shard(index)
+        z = self.project(self.data.inputs[shard.rows].to(self.device))  # z = W_h^T phi(I) (Eq. 15)
+        b = relax_sign(z, beta, cfg.activation)  # app(beta z) (Eq. 5) or tanh(beta z) (Eq. 7)
+        stats = {"bit_balance": bit_balance(shard.whole_batch(z.detach()))}
         zero = z.new_zeros(())
-        loss_n = neighborhood_loss(codes, self.data.similarity_block(index, self.device), loss_cfg.balance_pairs) \
-            if loss_cfg.use_neighborhood else zero
-        loss_q = quantization_loss(z) if loss_cfg.quantization_weight > 0 else zero
+        # l_N over every pair of the mini-batch (Eq. 10); the other terms are means over this shard's rows
+        loss_n = neighborhood_loss(shard.whole_batch(b), self.data.similarity_block(index, self.device),
+                                   cfg.balance_pairs) if cfg.use_neighborhood else zero
+        loss_q = quantization_loss(z) if cfg.quantization_weight > 0 else zero
         loss_c, loss_a = zero, zero
-        if nets.generator is not None:
+        if self.generate is not None:
             real = self.data.images[shard.rows].to(self.device)
-            fake = self.generate(shard.own(codes))
-            if "discriminator" in self.optimizers:
-                stats.update(discriminator_step(self.discriminate, self.optimizers["discriminator"], real, fake,
-                                                shard.weight))
+            fake = self.generate(b)  # I^R = G(b) (Eq. 16)
+            if self.discriminate is not None:
+                stats.update(self._discriminator_step(shard, real, fake))
             loss_c, loss_a = self._reconstruction_losses(real, fake)
-        encoder_loss = (loss_n + loss_cfg.quantization_weight * loss_q
-                        + loss_cfg.lambda_content * (shard.weight * loss_c))
-        encoder_step(self.optimizers["encoder"], encoder_loss, self.encoder_parameters)
-        if nets.generator is not None:
-            generator_loss = shard.weight * (loss_cfg.lambda_content * loss_c + loss_cfg.lambda_adversarial * loss_a)
-            generator_step(self.optimizers["generator"], generator_loss, self.generator_parameters)
-        stats.update({"loss_n": loss_n.item(), "loss_q": loss_q.item(), "loss_c": loss_c.item(),
-                      "loss_g": loss_a.item()})
-        # the discriminator's and reconstruction figures are this shard's means: make them the batch's
-        return {**stats, **shard.mean({k: v for k, v in stats.items() if k not in WHOLE_BATCH_STATS})}
+        stats["loss_n"] = loss_n.item()
+        stats.update(shard.batch_means({"loss_q": loss_q.item(), "loss_c": loss_c.item(), "loss_g": loss_a.item()}))
+        loss_q, loss_c, loss_a = shard.scale(loss_q), shard.scale(loss_c), shard.scale(loss_a)
+        # theta and W_h descend l_N + lambda1 l_C (Eq. 18, 21), plus the authors' quantisation term
+        self._descend("encoder", loss_n + cfg.lambda_content * loss_c + cfg.quantization_weight * loss_q,
+                      keep_graph=True)  # the generator's step below walks the same graph
+        if self.generate is not None:
+            # pi descends lambda1 l_C + lambda2 l_A (Eq. 19)
+            self._descend("generator", cfg.lambda_content * loss_c + cfg.lambda_adversarial * loss_a)
+        return stats
+
+    def _discriminator_step(self, shard: Shard, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """psi ascends l_A (Eq. 20: descends Eq. 14's binary cross-entropy form) on the real images and
+        the detached reconstructions; returns l_A and the mean D(I), D(I^R) of the batch."""
+        real_logits = self.discriminate(real)
+        fake_logits = self.discriminate(fake.detach())
+        self._descend("discriminator", shard.scale(discriminator_loss(real_logits, fake_logits)))
+        with torch.no_grad():
+            return shard.batch_means({
+                "loss_a": adversarial_objective(real_logits, fake_logits).item(),
+                "d_real": torch.sigmoid(real_logits).mean().item(),
+                "d_fake": torch.sigmoid(fake_logits).mean().item(),
+            })
 
     def _reconstruction_losses(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """l_C (pixel + perceptual MSE) and the generator's adversarial term, as configured."""
+        """l_C (pixel + perceptual MSE, Eq. 11-13) and the generator's adversarial term, as configured."""
         loss_cfg, disc = self.config.loss, self.networks.discriminator
         zero = fake.new_zeros(())
         phi_fake, fake_logits, phi_real = None, None, None
@@ -218,6 +184,16 @@ class Trainer:
         loss_a = generator_adversarial_loss(fake_logits) if loss_cfg.use_adversarial else zero
         return loss_c, loss_a
 
+    def _descend(self, name: str, loss: torch.Tensor, keep_graph: bool = False) -> None:
+        """One step of optimiser `name` down the gradient of `loss` w.r.t. its own parameters only (none
+        when no term is on). `keep_graph`: a later step walks the same graph; stepping these parameters
+        does not disturb it, as that step reaches only other networks' parts of it."""
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward(inputs=self.parameter_groups[name], retain_graph=keep_graph)
+            optimizer.step()
+
     # ---- the loop ----------------------------------------------------------------------------------
 
     def epoch_batches(self, stage: int, epoch: int) -> list[np.ndarray]:
@@ -228,15 +204,16 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train every remaining stage; returns the per-epoch history."""
-        if resume and self.checkpoint_dir is not None and (self.checkpoint_dir / STATE_FILE).is_file():
+        if resume and has_checkpoint(self.checkpoint_dir):
             self.load_checkpoint(self.checkpoint_dir)
         train = self.config.train
         n_stages, steps_per_epoch = len(train.beta_schedule), len(self.epoch_batches(0, 0))
         total = n_stages * train.epochs_per_stage * steps_per_epoch
         done = self.next_stage * train.epochs_per_stage * steps_per_epoch
         self.networks.train()
-        with torch_threads(train.num_threads), tqdm(total=total, initial=done, desc="BGAN", disable=True if not self.progress else None,
-                  file=sys.stderr, dynamic_ncols=True) as bar:
+        bar = tqdm(total=total, initial=done, desc="BGAN", disable=True if not self.progress else None,
+                   file=sys.stderr, dynamic_ncols=True)
+        with torch_threads(train.num_threads), bar:
             for stage in range(self.next_stage, n_stages):
                 for epoch in range(train.epochs_per_stage):
                     self.history.append(self._run_epoch(stage, epoch, bar))
@@ -268,111 +245,12 @@ class Trainer:
             self.networks.train()
         return record
 
-    # ---- checkpoints -------------------------------------------------------------------------------
+    # ---- checkpoints (`bganhash.bgan.checkpoint`) --------------------------------------------------
 
     def save_checkpoint(self, directory: Path) -> None:
-        """Weights, optimiser states, config, history, then state.json, each file written atomically."""
-        weights = {k: v.detach().cpu().contiguous() for k, v in self.networks.state_dict().items()}
-        with atomic_write(directory / WEIGHTS_FILE, "wb") as handle:
-            handle.write(safetensors.torch.save(weights))
-        tensors, document = split_optimizer_states({k: o.state_dict() for k, o in self.optimizers.items()})
-        with atomic_write(directory / OPTIMIZER_TENSORS_FILE, "wb") as handle:
-            handle.write(safetensors.torch.save(tensors))
-        write_json(directory / OPTIMIZER_JSON_FILE, document)
-        write_json(directory / CONFIG_FILE, self.config.to_dict())
-        write_json(directory / HISTORY_FILE, self.history)
-        write_json(directory / STATE_FILE, {"stage": self.next_stage - 1, "epoch": self.config.train.epochs_per_stage,
-                                            "next_stage": self.next_stage})
+        """This run's state after `next_stage` stages, to `directory`."""
+        save_checkpoint(directory, self.networks, self.optimizers, self.config, self.history, self.next_stage)
 
     def load_checkpoint(self, directory: Path) -> None:
-        """Continue from `directory`: its config must match this run's (device aside)."""
-        saved = read_json(directory / CONFIG_FILE)
-        check_same_config(saved, self.config.to_dict(), directory)
-        weights = read_tensors(directory / WEIGHTS_FILE)
-        self.networks.load_state_dict(weights)
-        tensors = read_tensors(directory / OPTIMIZER_TENSORS_FILE)
-        states = join_optimizer_states(tensors, read_json(directory / OPTIMIZER_JSON_FILE))
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(states[name])
-        self.history = read_json(directory / HISTORY_FILE)
-        self.next_stage = int(read_json(directory / STATE_FILE)["next_stage"])
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block on `count` CPU threads (0: unchanged), then restore torch's setting."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def split_optimizer_states(states: dict[str, dict]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Optimiser state dicts -> tensors keyed 'name.param.key' (safetensors) + the rest (JSON)."""
-    tensors: dict[str, torch.Tensor] = {}
-    document: dict[str, Any] = {}
-    for name, state_dict in states.items():
-        per_param: dict[str, dict[str, Any]] = {}
-        for param_id, values in state_dict["state"].items():
-            per_param[str(param_id)] = {}
-            for key, value in values.items():
-                if torch.is_tensor(value):
-                    tensors[f"{name}.{param_id}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    per_param[str(param_id)][key] = value
-        document[name] = {"param_groups": state_dict["param_groups"], "state": per_param}
-    return tensors, document
-
-
-def join_optimizer_states(tensors: dict[str, torch.Tensor], document: dict[str, Any]) -> dict[str, dict]:
-    """Inverse of `split_optimizer_states`."""
-    states: dict[str, dict] = {}
-    for name, part in document.items():
-        state = {int(param_id): dict(values) for param_id, values in part["state"].items()}
-        states[name] = {"param_groups": part["param_groups"], "state": state}
-    for key, value in tensors.items():
-        name, param_id, field = key.split(".", 2)
-        states[name]["state"][int(param_id)][field] = value
-    return states
-
-
-def check_same_config(saved: dict[str, Any], current: dict[str, Any], directory: Path) -> None:
-    """Resuming with other settings would not continue the same run: name the differences."""
-    saved = json.loads(json.dumps(saved))
-    current = json.loads(json.dumps(current))
-    for machine_setting in ("device", "num_threads"):  # where it runs, not what it computes
-        saved["train"].pop(machine_setting, None)
-        current["train"].pop(machine_setting, None)
-    saved_flat, current_flat = _flatten(saved), _flatten(current)
-    differences = sorted(k for k in set(saved_flat) | set(current_flat) if saved_flat.get(k) != current_flat.get(k))
-    if differences:
-        raise InputError(f"cannot resume from {directory}: its config differs in {differences}")
-
-
-def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'train': {'lr': 1}} -> {'train.lr': 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in document.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read checkpoint file {path}: {exc}") from exc
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors (safetensors: loading runs no code); InputError names a missing or damaged file."""
-    try:
-        return safetensors.torch.load_file(path)
-    except (OSError, safetensors.SafetensorError) as exc:
-        raise InputError(f"cannot read checkpoint file {path}: {exc}") from exc
+        """Continue from `directory`: its config must match this run's (machine settings aside)."""
+        self.history, self.next_stage = load_checkpoint(directory, self.networks, self.optimizers, self.config)
