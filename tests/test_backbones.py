@@ -48,11 +48,6 @@ CIFAR10_FAMILIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lite0() -> Backbone:
-    return create_backbone("efficientnet_lite0")
-
-
 def _photos() -> dict[str, np.ndarray]:
     data = load_sample_images()
     return {path.rsplit("/", 1)[-1]: image for path, image in zip(data.filenames, data.images)}

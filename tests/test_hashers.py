@@ -180,12 +180,12 @@ def test_itq_codes_are_sign_of_rotated_pca_projection(rng):
 @pytest.mark.parametrize("n_bits", BIT_LENGTHS)
 def test_pcah_matches_independent_principal_components(n_bits, rng):
     X = correlated_features(rng).astype(np.float64)
-    centred = X - X.mean(axis=0)
-    _, _, right_t = np.linalg.svd(centred, full_matrices=False)
+    centered = X - X.mean(axis=0)
+    _, _, right_t = np.linalg.svd(centered, full_matrices=False)
     directions = right_t[:n_bits].T
     largest = np.argmax(np.abs(directions), axis=0)
     directions *= np.sign(directions[largest, np.arange(n_bits)])
-    expected = np.where(centred @ directions >= 0, 1, -1)
+    expected = np.where(centered @ directions >= 0, 1, -1)
     codes = PCAH(n_bits).fit(X).encode(X)
     assert np.mean(codes == expected) > 0.999
 
@@ -248,9 +248,9 @@ def test_spherical_hashing_trains_on_a_subsample(rng):
 
 def clustered_data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """10 well-separated Gaussian clusters in 64-d, 60 points each."""
-    centres = rng.standard_normal((10, 64)) * 4
+    centers = rng.standard_normal((10, 64)) * 4
     labels = np.repeat(np.arange(10), 60)
-    return (centres[labels] + rng.standard_normal((600, 64))).astype(np.float32), labels
+    return (centers[labels] + rng.standard_normal((600, 64))).astype(np.float32), labels
 
 
 def hamming_precision_at_k(codes: np.ndarray, labels: np.ndarray, k: int = 10) -> float:

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from bganhash.neighborhood import algorithm as neighborhood
 from bganhash._validation import InputError
-from bganhash.neighborhood.algorithm import (
+from bganhash.neighborhood import (
     expand_neighborhood,
     knn_cosine,
     knn_label_precision_curve,
@@ -17,6 +16,8 @@ from bganhash.neighborhood.algorithm import (
     neighborhood_structure,
     positives_per_image,
 )
+from bganhash.neighborhood import knn as neighborhood
+from bganhash.neighborhood.checks import check_knn
 
 # --- references: the algorithm as written, with Python sets and sorted tuples ------------------------
 
@@ -48,7 +49,7 @@ def reference_expand(lists: np.ndarray, k2: int) -> np.ndarray:
 
 
 def lattice_features(
-    rng: np.random.Generator, n: int, n_centres: int, flips: int, dim: int = 32, nonzeros: int = 16
+    rng: np.random.Generator, n: int, n_centers: int, flips: int, dim: int = 32, nonzeros: int = 16
 ) -> np.ndarray:
     """Clustered rows in {-1, 0, 1}^dim with `nonzeros` (a power of 4) non-zeros, some duplicated or
     scaled by powers of two.
@@ -56,10 +57,10 @@ def lattice_features(
     Norms are powers of two, so every cosine is a multiple of 1/nonzeros, exact in float32 and
     float64: ties are exact and plentiful, and the tie rules decide the answer.
     """
-    centres = np.zeros((n_centres, dim), dtype=np.float32)
-    for centre in centres:
-        centre[rng.choice(dim, nonzeros, replace=False)] = rng.choice([-1.0, 1.0], nonzeros)
-    features = centres[rng.integers(0, n_centres, n)]
+    centers = np.zeros((n_centers, dim), dtype=np.float32)
+    for center in centers:
+        center[rng.choice(dim, nonzeros, replace=False)] = rng.choice([-1.0, 1.0], nonzeros)
+    features = centers[rng.integers(0, n_centers, n)]
     for row in features:
         support = np.flatnonzero(row)
         row[rng.choice(support, rng.integers(0, flips + 1), replace=False)] *= -1
@@ -68,9 +69,9 @@ def lattice_features(
     return features
 
 
-def gaussian_features(rng: np.random.Generator, n: int, n_centres: int) -> np.ndarray:
-    centres = rng.normal(size=(n_centres, 24))
-    features = centres[rng.integers(0, n_centres, n)] + 0.6 * rng.normal(size=(n, 24))
+def gaussian_features(rng: np.random.Generator, n: int, n_centers: int) -> np.ndarray:
+    centers = rng.normal(size=(n_centers, 24))
+    features = centers[rng.integers(0, n_centers, n)] + 0.6 * rng.normal(size=(n, 24))
     features[: n // 10] = features[n // 10 : 2 * (n // 10)]  # exact duplicates
     return features.astype(np.float32)
 
@@ -87,9 +88,9 @@ def dense(matrix: sp.spmatrix) -> np.ndarray:
 # --- K-NN ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed, n, n_centres, flips, k", [(0, 60, 6, 3, 5), (1, 120, 4, 6, 10), (2, 150, 30, 1, 20)])
-def test_knn_cosine_matches_brute_force_with_exact_ties(seed, n, n_centres, flips, k):
-    features = lattice_features(np.random.default_rng(seed), n, n_centres, flips)
+@pytest.mark.parametrize("seed, n, n_centers, flips, k", [(0, 60, 6, 3, 5), (1, 120, 4, 6, 10), (2, 150, 30, 1, 20)])
+def test_knn_cosine_matches_brute_force_with_exact_ties(seed, n, n_centers, flips, k):
+    features = lattice_features(np.random.default_rng(seed), n, n_centers, flips)
     np.testing.assert_array_equal(knn_cosine(features, k), reference_knn(features, k))
 
 
@@ -123,11 +124,11 @@ def test_knn_cosine_puts_self_first_among_duplicates():
 
 
 @pytest.mark.parametrize(
-    "seed, n, n_centres, flips, k1, k2",
+    "seed, n, n_centers, flips, k1, k2",
     [(0, 60, 6, 3, 5, 8), (1, 100, 4, 6, 10, 15), (2, 200, 20, 2, 20, 30), (3, 80, 10, 4, 6, 3), (4, 70, 3, 1, 4, 90)],
 )
-def test_neighborhood_structure_matches_the_double_loop_reference(seed, n, n_centres, flips, k1, k2):
-    features = lattice_features(np.random.default_rng(seed), n, n_centres, flips)
+def test_neighborhood_structure_matches_the_double_loop_reference(seed, n, n_centers, flips, k1, k2):
+    features = lattice_features(np.random.default_rng(seed), n, n_centers, flips)
     expected = reference_expand(reference_knn(features, k1), k2)
     np.testing.assert_array_equal(dense(neighborhood_structure(features, k1, k2)), expected)
 
@@ -274,9 +275,9 @@ def test_positives_per_image_rejects_a_dense_matrix():
 # --- large n: faiss IVF K-NN -----------------------------------------------------------------------
 
 
-def _clustered(rng, n: int, n_centres: int = 40, dim: int = 32) -> np.ndarray:
-    centres = rng.normal(size=(n_centres, dim))
-    return (centres[rng.integers(0, n_centres, n)] + 0.4 * rng.normal(size=(n, dim))).astype(np.float32)
+def _clustered(rng, n: int, n_centers: int = 40, dim: int = 32) -> np.ndarray:
+    centers = rng.normal(size=(n_centers, dim))
+    return (centers[rng.integers(0, n_centers, n)] + 0.4 * rng.normal(size=(n, dim))).astype(np.float32)
 
 
 def test_ivf_knn_finds_the_exact_neighbours_on_clustered_features(rng):
@@ -286,7 +287,7 @@ def test_ivf_knn_finds_the_exact_neighbours_on_clustered_features(rng):
     exact = knn_cosine(features, 10, method="exact")
     assert approximate.shape == (3000, 11) and approximate.dtype == np.int64
     np.testing.assert_array_equal(approximate[:, 0], np.arange(3000))
-    neighborhood._check_knn(approximate)  # in range, no repeats, self first
+    check_knn(approximate)  # in range, no repeats, self first
     recall = neighborhood.estimate_knn_recall(features, approximate, n_sample=300)
     assert recall >= 0.95
     assert np.mean([len(set(a) & set(e)) / 11 for a, e in zip(approximate, exact)]) >= 0.95

@@ -6,8 +6,12 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
 
 from bganhash._validation import InputError
 
@@ -45,8 +49,6 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
 
 def read_safetensors(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """The numpy arrays of a safetensors file (loading runs no code); InputError naming a missing or damaged file."""
-    import safetensors.numpy
-
     path = Path(path)
     try:
         return safetensors.numpy.load(path.read_bytes())
@@ -107,8 +109,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def _json_default(value: Any) -> Any:
     """Serialise numpy scalars and arrays and paths, which `json` does not know."""
-    import numpy as np
-
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+from bganhash._validation import InputError
 
 
 def import_faiss(needed_for: str):
     """The faiss module, or an InputError saying what needed it and how to install it."""
-    from bganhash._validation import InputError
-
     try:
         import faiss
     except ImportError as exc:

@@ -57,3 +57,15 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise InputError(f"{name}={value} must be >= {minimum}")
     return int(value)
+
+
+def check_image_list(images: Any) -> list[np.ndarray]:
+    """`images` as a non-empty list of (H, W, 3) uint8 arrays (sizes may differ), or InputError saying what is wrong."""
+    images = list(images)
+    if not images:
+        raise InputError("no images to encode")
+    for image in images:
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            shape = getattr(image, "shape", None)
+            raise InputError(f"images must be uint8 arrays of shape (H, W, 3); got {type(image).__name__} {shape}")
+    return images

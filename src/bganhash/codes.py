@@ -8,8 +8,9 @@ queries at a time, the blocks spread over the available cores (numpy releases th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -42,7 +43,9 @@ def to_bits(codes: Any, name: str = "codes") -> np.ndarray:
     if array.dtype == bool:
         return array
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise InputError(f"{name} must be bool, integer or float with values {{-1,+1}} or {{0,1}}; got dtype {array.dtype}")
+        raise InputError(
+            f"{name} must be bool, integer or float with values {{-1,+1}} or {{0,1}}; got dtype {array.dtype}"
+        )
     ones = array == 1
     zeros = array == 0
     minus_ones = array == -1

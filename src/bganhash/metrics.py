@@ -11,18 +11,19 @@ the small-integer distances, and the relevance of the ranked items; blocks run o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from bganhash._validation import InputError, check_positive_int
 from bganhash.codes import (
+    ROWS_PER_SORT,
     as_words,
     database_word_planes,
     distance_block,
     distance_dtype,
-    ROWS_PER_SORT,
     map_query_blocks,
     nearest,
     stable_ranking,
@@ -241,7 +242,9 @@ def _check_code_pair(query_codes: Any, database_codes: Any) -> tuple[np.ndarray,
     if queries.shape[1] != database.shape[1]:
         raise InputError(f"query_codes have {queries.shape[1]} bits but database_codes have {database.shape[1]}")
     if queries.shape[0] == 0 or database.shape[0] == 0:
-        raise InputError(f"need at least one query and one database item; got {queries.shape[0]} and {database.shape[0]}")
+        raise InputError(
+            f"need at least one query and one database item; got {queries.shape[0]} and {database.shape[0]}"
+        )
     return np.packbits(queries, axis=1), np.packbits(database, axis=1), queries.shape[1]
 
 
@@ -257,7 +260,9 @@ def _check_problem(query_codes: Any, database_codes: Any, query_labels: Any, dat
         )
     if q_labels.ndim == 2:
         if q_labels.shape[1] != db_labels.shape[1]:
-            raise InputError(f"query_labels have {q_labels.shape[1]} labels but database_labels have {db_labels.shape[1]}")
+            raise InputError(
+                f"query_labels have {q_labels.shape[1]} labels but database_labels have {db_labels.shape[1]}"
+            )
         q_labels, db_labels = q_labels.astype(np.float32), np.ascontiguousarray(db_labels.astype(np.float32).T)
     else:
         q_labels, db_labels = _compact_classes(q_labels, db_labels)

@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from bganhash._validation import InputError
+from bganhash.datasets import DATASETS
+from bganhash.features.backbones import list_backbones
+from bganhash.features.config import FeatureConfig
 from bganhash.registry import BASELINES
-
-DATASET_CHOICES = ("digits", "cifar10", "folder", "nuswide", "mirflickr")
 
 
 class CleanErrors(click.Group):
@@ -61,13 +62,14 @@ def parse_overrides(_ctx, _param, values: tuple[str, ...]) -> dict:
 def data_options(command):
     """The options every command that reads a dataset shares."""
     options = [
-        click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="digits", show_default=True,
+        click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
                      help="Which dataset reader to use; digits is embedded and needs no data."),
         click.option("--data", type=click.Path(path_type=Path), default=None,
                      help="Folder, zip or tarball holding the dataset (not needed for digits)."),
         click.option("--features", "features_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
                      help="Precomputed features (.npy, one row per image in dataset order) instead of the backbone."),
-        click.option("--backbone", default=None, help="Backbone for feature extraction (see `bganhash features --help`)."),
+        click.option("--backbone", type=click.Choice(list_backbones()), default=None,
+                     help="Backbone for feature extraction [default: efficientnet_lite0]."),
         click.option("--image-size", type=click.IntRange(16, 1024), default=None,
                      help="Backbone input size in pixels (default: 224; 128 extracts about 3x faster on a CPU)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the hashers."),
@@ -79,8 +81,6 @@ def data_options(command):
 
 def feature_config(backbone: str | None, image_size: int | None):
     """A FeatureConfig from CLI options, leaving unset ones at the library defaults."""
-    from bganhash.features.config import FeatureConfig
-
     overrides = {k: v for k, v in {"backbone": backbone, "image_size": image_size}.items() if v is not None}
     return FeatureConfig(**overrides)
 

@@ -6,9 +6,24 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
+from bganhash._io import atomic_write, write_json
+from bganhash._validation import InputError
 from bganhash.cli._common import data_options, emit, feature_config, parse_bits, parse_methods, parse_overrides
-from bganhash.research.protocol import table_markdown
+from bganhash.codes import pack_codes
+from bganhash.datasets import load_dataset
+from bganhash.features.cache import load_features
+from bganhash.pipeline import ImagePipeline
+from bganhash.research.protocol import (
+    ResultTable,
+    fit_bgan,
+    prepare_protocol,
+    protocol_metadata,
+    run_baselines,
+    score_hasher,
+)
+from bganhash.research.tables import table_markdown, write_results
 
 
 @click.command()
@@ -18,11 +33,8 @@ from bganhash.research.protocol import table_markdown
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def features(dataset, data, features_path, backbone, image_size, seed, out, as_json) -> None:
     """Extract (and cache) pretrained backbone features of a dataset."""
-    import numpy as np
+    from bganhash.features.extract import extract_features  # torch
 
-    from bganhash._io import atomic_write
-    from bganhash.datasets import load_dataset
-    from bganhash.features.extract import extract_features
 
     if features_path is not None:
         raise click.UsageError("--features makes no sense here: this command computes features")
@@ -51,8 +63,6 @@ def features(dataset, data, features_path, backbone, image_size, seed, out, as_j
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
 def baselines(dataset, data, features_path, backbone, image_size, seed, bits, methods, out, as_json) -> None:
     """Run the classic baselines (LSH, PCAH, ITQ, SH, SpH) under the paper's protocol: a Table-3-style report."""
-    from bganhash.research.protocol import run_baselines, write_results
-
     protocol = prepare_for(dataset, data, features_path, feature_config(backbone, image_size), seed)
     out = out or Path("results") / f"baselines-{dataset}"
 
@@ -62,7 +72,10 @@ def baselines(dataset, data, features_path, backbone, image_size, seed, bits, me
     table = run_baselines(protocol, bits, methods, seed=seed, on_cell=report)
     protocol.split.save(out / "split.json")
     json_path, md_path = write_results(table, out, "table3")
-    document = {**table.to_dict(), "files": {"json": str(json_path), "markdown": str(md_path), "split": str(out / "split.json")}}
+    document = {
+        **table.to_dict(),
+        "files": {"json": str(json_path), "markdown": str(md_path), "split": str(out / "split.json")},
+    }
     emit(document, as_json, table_markdown(table) + f"\nWritten: {md_path}, {json_path}")
 
 
@@ -87,9 +100,9 @@ def train(dataset, data, features_path, backbone, image_size, seed, bits, preset
     Under `torchrun --nproc_per_node=N -m bganhash train ...` the N processes train each model together
     (DistributedDataParallel, every mini-batch split across them); rank 0 alone scores, writes and prints.
     """
-    from bganhash.bgan.estimator import BGANHasher
-    from bganhash.bgan.distributed import launched
-    from bganhash.research.protocol import ResultTable, fit_bgan, protocol_metadata, run_baselines, score_hasher, write_results
+    from bganhash.bgan.estimator import BGANHasher  # torch
+    from bganhash.bgan.launch import launched  # torch
+
 
     features = feature_config(backbone, image_size)
     out = out or Path("runs") / f"bgan-{dataset}"
@@ -105,7 +118,7 @@ def train(dataset, data, features_path, backbone, image_size, seed, bits, preset
             fit_bgan(hasher, protocol, checkpoint_dir=run_dir / "checkpoints", resume=resume, progress=world.is_main)
             if world.is_main:
                 table.add("bgan", n_bits, score_hasher(hasher, protocol), time.perf_counter() - start)
-                models[n_bits] = str(hasher.save(run_dir / "model"))
+                models[n_bits] = str(ImagePipeline(hasher, features).save(run_dir / "model"))
                 click.echo(f"  BGAN {n_bits:>3} bits  mAP@all {table.scores['bgan'][n_bits]:.4f}  "
                            f"({table.seconds['bgan'][n_bits]:.0f} s)", err=True)
         if not world.is_main:
@@ -124,8 +137,6 @@ def train(dataset, data, features_path, backbone, image_size, seed, bits, preset
 
 def prepare_for(dataset, data, features_path, features, seed, progress: bool = True):
     """The protocol data a research command works on (split, labels, features)."""
-    from bganhash.research.protocol import prepare_protocol
-
     return prepare_protocol(dataset, data, features_path=features_path, feature_config=features, seed=seed,
                             progress=progress)
 
@@ -139,14 +150,7 @@ def prepare_for(dataset, data, features_path, features, seed, progress: bool = T
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def encode(model, inputs, out, packed, as_json) -> None:
     """Encode images (files or folders) or a features .npy with a saved hasher: MODEL INPUTS..."""
-    import numpy as np
-
-    from bganhash._io import atomic_write, write_json
-    from bganhash.codes import pack_codes
-    from bganhash.registry import load_hasher
-
-    hasher = load_hasher(model)
-    sources, codes = encode_inputs(hasher, inputs)
+    sources, codes = encode_inputs(ImagePipeline.load(model), inputs)
     with atomic_write(out) as handle:
         np.save(handle, pack_codes(codes) if packed else codes)
     sources_path = out.with_suffix(".sources.json")
@@ -157,17 +161,11 @@ def encode(model, inputs, out, packed, as_json) -> None:
          f"(row order in {sources_path})")
 
 
-def encode_inputs(hasher, inputs: tuple[Path, ...]):
+def encode_inputs(pipeline, inputs: tuple[Path, ...]):
     """Codes for a features .npy, or for image files and folders (recursively); returns (sources, codes)."""
-    import numpy as np
-
-    from bganhash._validation import InputError
-    from bganhash.datasets import load_dataset
-    from bganhash.features.cache import load_features
-
     if len(inputs) == 1 and inputs[0].suffix == ".npy":
         features = load_features(inputs[0])
-        return [f"{inputs[0]}#{i}" for i in range(len(features))], hasher.encode(features)
+        return [f"{inputs[0]}#{i}" for i in range(len(features))], pipeline.encode_features(features)
     paths: list[str] = []
     for item in inputs:
         if item.is_dir():
@@ -177,6 +175,4 @@ def encode_inputs(hasher, inputs: tuple[Path, ...]):
             paths.append(str(item))
         else:
             raise InputError(f"{item}: no such file or folder")
-    if not hasattr(hasher, "feature_config"):
-        raise InputError(f"{type(hasher).__name__} works on features: give a .npy file of features, not images")
-    return paths, np.asarray(hasher.encode(paths, progress=True))
+    return paths, pipeline.encode_paths(paths, progress=True)

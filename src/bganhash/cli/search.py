@@ -6,8 +6,17 @@ from pathlib import Path
 
 import click
 
+from bganhash._validation import InputError
 from bganhash.cli._common import emit, feature_config
-from bganhash.collection.collection import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from bganhash.collection import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    BuildConfig,
+    Collection,
+    build_collection,
+    read_query_file,
+)
+from bganhash.datasets.folder import list_image_files
 from bganhash.registry import HASHERS
 
 _QUERY_BATCH = 64
@@ -44,8 +53,6 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
 
     Method, bits and backbone apply to a new index; --update keeps the index's own model.
     """
-    from bganhash.collection.collection import BuildConfig, build_collection
-
     config = BuildConfig(method=method, n_bits=bits, max_train=max_train, thumbnail_size=thumbnail_size, seed=seed,
                          backend=backend).validate()  # a bad --backend fails here, before any work
     features = feature_config(backbone, image_size) if backbone or image_size else None  # None: the model's own
@@ -55,7 +62,8 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
     text = (f"{out}: {summary.n_images} images ({summary.added} added, {summary.removed} removed, "
             f"{summary.unchanged} unchanged) in {summary.seconds:.1f} s; "
             + (f"backend {summary.backend}; " if summary.backend != "flat" else "") +
-            f"{len(summary.unreadable)} unreadable file(s)" + unreadable + (f"\n  ... and {more} more" if more > 0 else "")
+            f"{len(summary.unreadable)} unreadable file(s)" + unreadable
+            + (f"\n  ... and {more} more" if more > 0 else "")
             + (f"\n  the full list is in {out}/report-{summary.generation:06d}.json" if summary.unreadable else ""))
     emit(summary.to_dict(), as_json, text)
 
@@ -68,10 +76,8 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
 def search(index_dir, query, k, as_json) -> None:
     """Find the K images of INDEX_DIR nearest to QUERY (an image, or a folder of images: each is searched).
 
-    The search uses the backend the index was built with (exact for "flat", approximate for hnsw and mih).
+    The search uses the backend the index was built with (exact for "flat", approximate for ivf, hnsw and mih).
     """
-    from bganhash.collection.collection import Collection
-
     queries, skipped = _query_images(query)
     with Collection.load(index_dir) as collection:
         backend = collection.backend
@@ -93,10 +99,6 @@ def search(index_dir, query, k, as_json) -> None:
 
 def _query_images(query: Path) -> tuple[list, list]:
     """(name, image) for a query file, or for each readable image of a query folder, plus the skipped ones."""
-    from bganhash._validation import InputError
-    from bganhash.collection.collection import read_query_file
-    from bganhash.datasets.folder import list_image_files
-
     if not query.exists():
         raise InputError(f"the query {query} does not exist")
     if query.is_file():
@@ -125,7 +127,7 @@ def _query_images(query: Path) -> tuple[list, list]:
               help="Torch threads for the backbone (default: up to 4).")
 def serve(index_dir, host, port, max_upload_bytes, max_pixels, threads) -> None:
     """Serve INDEX_DIR: a search page at /, a JSON API (POST /search, GET /images/ID, /thumbnails/ID) and /docs."""
-    from bganhash.serve.app import serve as run_service
+    from bganhash.serve.app import serve as run_service  # fastapi, uvicorn and torch
 
     run_service(index_dir, host, port, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
                 torch_threads=threads)

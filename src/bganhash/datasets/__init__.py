@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bganhash._validation import InputError
 from bganhash.datasets.base import Dataset, check_on_error

@@ -35,7 +35,8 @@ IMAGE_SIDE = 32
 SPLIT_FOLDERS = ("train", "test")
 _HOW_TO_GET = (
     "pass data=... (the cifar-10-batches-py folder, cifar-10-python.tar.gz, or an image folder or zip laid out "
-    f"as train/<class>/*.jpg and test/<class>/*.jpg), or download=True to fetch the official tarball from {OFFICIAL_URL}"
+    "as train/<class>/*.jpg and test/<class>/*.jpg), "
+    f"or download=True to fetch the official tarball from {OFFICIAL_URL}"
 )
 
 
@@ -216,7 +217,9 @@ def download_cifar10(directory: str | os.PathLike, url: str = OFFICIAL_URL, md5:
         with urllib.request.urlopen(url) as response, atomic_write(target, "wb") as out:
             size = response.headers.get("Content-Length")
             digest = hashlib.md5(usedforsecurity=False)
-            with tqdm(total=int(size) if size else None, unit="B", unit_scale=True, desc=TARBALL_NAME, disable=None) as bar:
+            with tqdm(
+                total=int(size) if size else None, unit="B", unit_scale=True, desc=TARBALL_NAME, disable=None
+            ) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)

@@ -6,7 +6,8 @@ import contextlib
 import io
 import os
 import warnings
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps

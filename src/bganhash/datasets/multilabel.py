@@ -47,12 +47,20 @@ def load_nuswide(
     labels = matrix[:, top]
     keep = np.flatnonzero(labels.any(axis=1))
     return _labelled_files(
-        "nuswide", root, images_root, [members[i] for i in keep], labels[keep], [concepts[c] for c in top], on_error, validate
+        "nuswide",
+        root,
+        images_root,
+        [members[i] for i in keep],
+        labels[keep],
+        [concepts[c] for c in top],
+        on_error,
+        validate,
     )
 
 
 def _relative_image_path(line: str) -> str:
-    """An Imagelist.txt entry ('actor\\0001_2124494179.jpg' or 'C:\\ImageData\\Flickr\\actor\\...') relative to Flickr/."""
+    """An Imagelist.txt entry ('actor\\0001_2124494179.jpg' or 'C:\\ImageData\\Flickr\\actor\\...') relative
+    to Flickr/."""
     parts = [part for part in line.replace("\\", "/").split("/") if part]
     lowered = [part.lower() for part in parts]
     if NUSWIDE_IMAGES_DIR.lower() in lowered:
@@ -70,7 +78,9 @@ def _nuswide_label_matrix(labels_dir: Path, n_images: int) -> tuple[list[str], n
     for file in files:
         values = np.array(_read_lines(file))
         if len(values) != n_images or not np.isin(values, ("0", "1")).all():
-            raise InputError(f"{file} must hold {n_images} lines of 0 or 1 (one per image list entry); it has {len(values)}")
+            raise InputError(
+                f"{file} must hold {n_images} lines of 0 or 1 (one per image list entry); it has {len(values)}"
+            )
         columns.append(values == "1")
     return [file.stem[len("Labels_") :] for file in files], np.stack(columns, axis=1).astype(np.uint8)
 
@@ -88,7 +98,9 @@ def load_mirflickr(
     The potential-label lists (<concept>.txt, 1-based ids) are used; the relevant-only `_r1` lists are not.
     """
     root = _existing_dir(data, "MIRFlickr-25K")
-    images_root = _existing_dir(images_dir if images_dir is not None else root / MIRFLICKR_IMAGES_DIR, "MIRFlickr images")
+    images_root = _existing_dir(
+        images_dir if images_dir is not None else root / MIRFLICKR_IMAGES_DIR, "MIRFlickr images"
+    )
     annotations = _existing_dir(
         annotations_dir if annotations_dir is not None else root / MIRFLICKR_ANNOTATIONS_DIR, "MIRFlickr annotations"
     )
@@ -137,7 +149,9 @@ def _labelled_files(
             bad.add(member, f"missing from {images_root}")
     bad_files = bad.report(str(images_root))
     if validate:
-        good, decode_failures = validate_members(FileSource(images_root, [members[i] for i in present]), on_error, str(images_root))
+        good, decode_failures = validate_members(
+            FileSource(images_root, [members[i] for i in present]), on_error, str(images_root)
+        )
         present, bad_files = [present[i] for i in good], bad_files + decode_failures
     if not present:
         raise InputError(f"none of the {len(members)} labelled {name} images were found under {images_root}")

@@ -44,7 +44,9 @@ class Split:
     def check(self, dataset: Dataset) -> None:
         """Raise InputError unless this split's indices fit `dataset`."""
         if self.n_images is not None and self.n_images != len(dataset):
-            raise InputError(f"this split is for {self.n_images} images of {self.dataset!r}; the dataset has {len(dataset)}")
+            raise InputError(
+                f"this split is for {self.n_images} images of {self.dataset!r}; the dataset has {len(dataset)}"
+            )
         for field in ("query", "train", "database"):
             indices = getattr(self, field)
             if indices.size and (indices.min() < 0 or indices.max() >= len(dataset)):
@@ -156,12 +158,16 @@ def _per_class(
     if dataset.labels is None:
         raise InputError(f"a per-class split needs labels; {dataset.name!r} is unlabelled (use protocol='random')")
     check_positive_int(n_query, "query_per_class")
-    membership = dataset.labels.astype(bool) if dataset.multilabel else dataset.labels[:, None] == np.arange(dataset.n_classes)
+    membership = (
+        dataset.labels.astype(bool) if dataset.multilabel else dataset.labels[:, None] == np.arange(dataset.n_classes)
+    )
     drawn = np.zeros(len(dataset), dtype=bool)
     query = _draw_per_class(dataset, membership, drawn, rng, n_query, "queries")
     if n_train is None:
         return query, np.flatnonzero(~drawn)
-    train = _draw_per_class(dataset, membership, drawn, rng, check_positive_int(n_train, "train_per_class"), "training images")
+    train = _draw_per_class(
+        dataset, membership, drawn, rng, check_positive_int(n_train, "train_per_class"), "training images"
+    )
     return query, train
 
 

@@ -9,11 +9,11 @@ from bganhash._validation import InputError, check_features
 TRANSFORMS = ("none", "l2", "sqrt_l2_center")
 
 
-def transform_features(X: np.ndarray, method: str = "none", centre: np.ndarray | None = None) -> np.ndarray:
+def transform_features(X: np.ndarray, method: str = "none", center: np.ndarray | None = None) -> np.ndarray:
     """Feature transform before the cosine K-NN: "none", "l2" (unit rows), or "sqrt_l2_center".
 
-    "sqrt_l2_center": signed square root, L2-normalise each row, subtract a centre: `centre` when
-    given (the training centre from `transform_centre`, so new rows are transformed like the training
+    "sqrt_l2_center": signed square root, L2-normalise each row, subtract a centre: `center` when
+    given (the training centre from `transform_center`, so new rows are transformed like the training
     rows), else the mean transformed row of X itself.
     """
     if method not in TRANSFORMS:
@@ -21,12 +21,12 @@ def transform_features(X: np.ndarray, method: str = "none", centre: np.ndarray |
     rows = _scaled_rows(check_features(X), method)
     if method != "sqrt_l2_center":
         return rows
-    if centre is None:
-        centre = rows.mean(axis=0, dtype=np.float64)
-    return (rows - centre).astype(np.float32, copy=False)
+    if center is None:
+        center = rows.mean(axis=0, dtype=np.float64)
+    return (rows - center).astype(np.float32, copy=False)
 
 
-def transform_centre(X: np.ndarray, method: str) -> np.ndarray | None:
+def transform_center(X: np.ndarray, method: str) -> np.ndarray | None:
     """The centre that `method` subtracts, measured on training features X (None if it does not centre)."""
     if method != "sqrt_l2_center":
         return None

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import safetensors.numpy
 
-from bganhash._io import atomic_write, read_versioned_json, write_json
+from bganhash._io import atomic_write, read_safetensors, read_versioned_json, write_json
 from bganhash._validation import InputError, check_features, check_fitted, check_positive_int
 
 FORMAT_NAME = "bganhash-hasher"
@@ -118,7 +118,9 @@ class Hasher(ABC):
         try:
             hasher = hasher_class(**document.get("params", {}))
         except TypeError as exc:
-            raise InputError(f"{directory / METADATA_FILE} has parameters {hasher_class.__name__} rejects: {exc}")
+            raise InputError(
+                f"{directory / METADATA_FILE} has parameters {hasher_class.__name__} rejects: {exc}"
+            ) from exc
         hasher._set_state(arrays, document.get("attributes", {}))
         return hasher
 
@@ -142,7 +144,7 @@ class Hasher(ABC):
 
     # ---- for subclasses --------------------------------------------------------------------------
 
-    def _check_params(self, X: np.ndarray) -> None:
+    def _check_params(self, X: np.ndarray) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Validate the method's own hyper-parameters against the training data (InputError)."""
 
     @abstractmethod
@@ -194,10 +196,7 @@ def _read_arrays(path: Path, expected: list[str]) -> dict[str, np.ndarray]:
     """The safetensors half of a saved hasher, checked to hold every array the JSON lists."""
     if not path.is_file():
         raise InputError(f"no saved hasher arrays at {path.parent}: {path.name} is missing")
-    try:
-        arrays = safetensors.numpy.load(path.read_bytes())
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise InputError(f"cannot read {path}: {exc}") from exc
+    arrays = read_safetensors(path, "a saved bganhash hasher")
     missing = sorted(set(expected) - set(arrays))
     if missing:
         raise InputError(f"{path} lacks the arrays {missing} that {METADATA_FILE} lists")

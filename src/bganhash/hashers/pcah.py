@@ -47,8 +47,8 @@ def principal_components(X: np.ndarray, n_components: int) -> tuple[np.ndarray, 
     """
     n_samples, n_features = X.shape
     mean = X.mean(axis=0, dtype=np.float64)
-    centred = X - mean.astype(np.float32)
-    covariance = (centred.T @ centred).astype(np.float64) / max(n_samples - 1, 1)
+    centered = X - mean.astype(np.float32)
+    covariance = (centered.T @ centered).astype(np.float64) / max(n_samples - 1, 1)
     eigenvalues, eigenvectors = scipy.linalg.eigh(
         covariance, subset_by_index=[n_features - n_components, n_features - 1]
     )

@@ -31,7 +31,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bganhash._validation import InputError
-from bganhash.collection.collection import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Collection, Match, QueryImageError, decode_query
+from bganhash._version import __version__
+from bganhash.collection import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Collection, Match, QueryImageError, decode_query
 
 DEFAULT_K = 10
 MAX_K = 100
@@ -162,7 +163,7 @@ def create_app(
     service = SearchService(collection, max_upload_bytes, max_pixels)
     if warm_up:
         service.encode([np.zeros((32, 32, 3), np.uint8)])
-    app = FastAPI(title="bganhash search", version=_version(),
+    app = FastAPI(title="bganhash search", version=__version__,
                   description=f"Search {len(collection):,} indexed images by image, "
                               f"with {collection.n_bits}-bit {collection.manifest['method']} codes.")
     app.state.service = service
@@ -306,12 +307,6 @@ def _describe_errors(errors: Any) -> str:
         where = ".".join(str(part) for part in error.get("loc", ()))
         parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
     return "; ".join(parts)
-
-
-def _version() -> str:
-    import bganhash
-
-    return bganhash.__version__
 
 
 _SEARCH_OPENAPI: dict[str, Any] = {

@@ -5,7 +5,8 @@ The registry itself loads no torch: a backbone's module is imported when it is f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bganhash._validation import InputError
 
