@@ -13,16 +13,13 @@ and the head).
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bganhash._io import write_json
+from _common import CIFAR10_ZIP, make_parser, results_path, timed, write_results
 from bganhash.bgan.estimator import BGANHasher
 from bganhash.datasets import load_dataset, protocol_split
 from bganhash.features.config import FeatureConfig
@@ -30,7 +27,6 @@ from bganhash.features.extract import extract_features
 from bganhash.hashers import ITQ
 from bganhash.metrics import mean_average_precision
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bgan.json"
 PAPER_BGAN = {12: 0.401, 24: 0.512, 32: 0.531, 48: 0.558}  # Table 3, CIFAR-10
 
 
@@ -42,20 +38,17 @@ def evaluate(hasher, features: np.ndarray, labels: np.ndarray, split) -> float:
 def pixel_throughput(hasher: BGANHasher, images: np.ndarray, batch_size: int) -> float:
     """Images per second from uint8 pixels to codes (backbone included), after one warm-up batch."""
     hasher.encode(images[:batch_size], batch_size=batch_size)
-    started = time.perf_counter()
-    hasher.encode(images, batch_size=batch_size)
-    return len(images) / (time.perf_counter() - started)
+    return len(images) / timed(hasher.encode, images, batch_size=batch_size).seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-jpg.zip"))
+    parser = make_parser(__doc__, results_path("bgan"))
+    parser.add_argument("--data", type=Path, default=CIFAR10_ZIP)
     parser.add_argument("--bits", type=int, nargs="+", default=[12, 24, 32, 48])
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pixel-images", type=int, default=512, help="images timed for the pixel throughput")
-    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -68,18 +61,13 @@ def main() -> None:
 
     rows = []
     for n_bits in args.bits:
-        itq_started = time.perf_counter()
-        itq = ITQ(n_bits, random_state=args.seed).fit(features[split.train])
-        itq_seconds = time.perf_counter() - itq_started
+        itq_seconds, _, itq = timed(ITQ(n_bits, random_state=args.seed).fit, features[split.train])
         itq_map = evaluate(itq, features, labels, split)
 
         hasher = BGANHasher(n_bits, preset=args.preset, random_state=args.seed, feature_config=feature_config)
-        started = time.perf_counter()
-        hasher.fit(features[split.train], images=train_images, progress=False)
-        fit_seconds = time.perf_counter() - started
-        encode_started = time.perf_counter()
-        database_codes = hasher.encode(features[split.database])
-        codes_per_second = len(database_codes) / (time.perf_counter() - encode_started)
+        fit_seconds = timed(hasher.fit, features[split.train], images=train_images, progress=False).seconds
+        encode_seconds, _, database_codes = timed(hasher.encode, features[split.database])
+        codes_per_second = len(database_codes) / encode_seconds
         bgan_map = mean_average_precision(hasher.encode(features[split.query]), database_codes,
                                           labels[split.query], labels[split.database])
         epoch_seconds = [record["seconds"] for record in hasher.history_]
@@ -104,7 +92,7 @@ def main() -> None:
     images_per_second = pixel_throughput(hasher, pixels, feature_config.batch_size)
     print(f"encoding from pixels (backbone {feature_config.backbone}@{feature_config.image_size} + head): "
           f"{images_per_second:.1f} images/s")
-    write_json(args.output, {
+    write_results(args.output, {
         "benchmark": "BGAN on CIFAR-10, paper split, mAP@all (Hamming ranking, ties by database order)",
         "preset": args.preset,
         "config": hasher.config_,
@@ -114,7 +102,6 @@ def main() -> None:
         "images_per_second_from_pixels": images_per_second,
         "threads": args.threads,
         "load_average_after": os.getloadavg(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
     })
 
 

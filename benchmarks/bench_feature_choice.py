@@ -14,17 +14,14 @@ Writes benchmarks/results/feature_choice.json.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bganhash._io import write_json
+from _common import CIFAR10_ZIP, make_parser, results_path, write_results
 from bganhash.bgan.estimator import BGANHasher
 from bganhash.datasets import load_dataset, protocol_split
 from bganhash.datasets.splits import validation_split
@@ -33,9 +30,7 @@ from bganhash.features.extract import extract_features
 from bganhash.features.transforms import transform_features
 from bganhash.hashers import ITQ
 from bganhash.metrics import mean_average_precision
-from bganhash.neighborhood.algorithm import knn_cosine, label_precision
-
-RESULTS = Path(__file__).resolve().parent / "results" / "feature_choice.json"
+from bganhash.neighborhood import knn_cosine, label_precision
 
 
 def score(hasher, features: np.ndarray, labels: np.ndarray, split) -> float:
@@ -67,15 +62,14 @@ def evaluate_choice(name: str, features: np.ndarray, labels: np.ndarray, split, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/cifar10-jpg.zip"))
+    parser = make_parser(__doc__, results_path("feature_choice"))
+    parser.add_argument("--data", type=Path, default=CIFAR10_ZIP)
     parser.add_argument("--features", nargs="+", default=["efficientnet_lite0@128", "efficientnet_lite0@224"],
                         help="feature choices as BACKBONE@SIZE")
     parser.add_argument("--bits", type=int, nargs="+", default=[32])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--test", action="store_true", help="also score every choice on the paper's test split")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -97,14 +91,11 @@ def main() -> None:
         features = extract_features(dataset, config)
         for evaluated in splits:
             rows.append(evaluate_choice(choice, features, dataset.labels, evaluated, images_of, args))
-    write_json(args.output, {
+    write_results(args.output, {
         "benchmark": "feature choice for BGAN on CIFAR-10: KNN@20 precision, ITQ and BGAN mAP@all",
         "rows": rows, "seeds": args.seeds, "bits": args.bits, "preset": "cpu",
         "threads": args.threads, "load_average_after": os.getloadavg(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "command": "python benchmarks/bench_feature_choice.py " + " ".join(sys.argv[1:]),
     })
-    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

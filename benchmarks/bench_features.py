@@ -7,25 +7,17 @@ however many cores torch may use here; on a shared machine it is noisy, so the l
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bganhash._io import write_json
+from _common import CIFAR10_ZIP, make_parser, results_path, timed, write_results
 from bganhash.datasets import load_dataset, protocol_split
 from bganhash.features.config import FeatureConfig
 from bganhash.features.extract import extract_features
 from bganhash.features.transforms import transform_features
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "features.json"
 
 
 def knn_label_precision(X: np.ndarray, labels: np.ndarray, k: int = 20, chunk: int = 1000) -> float:
@@ -42,15 +34,14 @@ def knn_label_precision(X: np.ndarray, labels: np.ndarray, k: int = 20, chunk: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 zip, tarball or folder")
+    parser = make_parser(__doc__, results_path("features"), flag="--out")
+    parser.add_argument("--data", type=Path, default=CIFAR10_ZIP, help="CIFAR-10 zip, tarball or folder")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 160, 192, 224])
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="seed of the paper split")
     parser.add_argument("--n-images", type=int, default=None, help="a random N of the 10,000 training images only")
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     dataset = load_dataset("cifar10", args.data)
@@ -60,24 +51,20 @@ def main() -> None:
         train_indices = np.sort(np.random.default_rng(args.seed).permutation(train_indices)[: args.n_images])
     train = dataset.subset(train_indices)
     labels = np.asarray(train.labels)
-    started = time.perf_counter()
-    train.read_image(0)  # the CIFAR reader decodes all 60,000 JPEGs on first access: keep that out of the timings
-    decode_seconds = time.perf_counter() - started
+    # the CIFAR reader decodes all 60,000 JPEGs on first access: keep that out of the timings
+    decode_seconds = timed(train.read_image, 0).seconds
     report = {
         "benchmark": "features", "dataset": "CIFAR-10 (JPEG copy)",
         "subset": f"paper training split (1,000 per class), seed {args.seed}, {len(train)} images",
         "backbone": args.backbone, "batch_size": args.batch_size, "k": args.k,
         "throughput": "resize + network on decoded images, images/s (decoding all 60,000 JPEGs once: decode_seconds)",
         "decode_seconds": round(decode_seconds, 1),
-        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.processor(),
-        "command": "python " + " ".join(sys.argv), "results": [],
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "results": [],
     }
     for size in args.sizes:
         config = FeatureConfig(backbone=args.backbone, image_size=size, batch_size=args.batch_size)
         load_before = os.getloadavg()[0]
-        started = time.perf_counter()
-        X = extract_features(train, config, cache=False)
-        seconds = time.perf_counter() - started
+        seconds, _, X = timed(extract_features, train, config, cache=False)
         row = {
             "image_size": size, "n_images": len(train), "seconds": round(seconds, 1),
             "images_per_s": round(len(train) / seconds, 1),
@@ -88,8 +75,7 @@ def main() -> None:
         }
         report["results"].append(row)
         print(row, flush=True)
-        write_json(args.out, report)
-    print(f"wrote {args.out}")
+        write_results(args.out, report)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,13 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import CIFAR10_ZIP, make_parser, peak_rss_mb, results_path, rss_mb, ru_maxrss_mb, timed, write_results
 from bganhash._io import write_json
 from bganhash._system import usable_cpus
-from bganhash.index.index import Index
+from bganhash.index import Index
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "index_backends.json"
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"
 K = 10
 CHUNK = 100_000
 
@@ -71,8 +67,8 @@ def load_base_codes(args: argparse.Namespace) -> tuple[np.ndarray, str]:
         itq = ITQ(args.bits, random_state=args.seed).fit(features)
         return pack_codes(itq.encode(features)), f"ITQ {args.bits}-bit codes of {args.features} (fallback)"
     rng = np.random.default_rng(args.seed + 1)
-    centres = np.where(rng.random((10, args.bits)) < 0.5, -1, 1)
-    picked = centres[rng.integers(0, 10, size=60_000)]
+    centers = np.where(rng.random((10, args.bits)) < 0.5, -1, 1)
+    picked = centers[rng.integers(0, 10, size=60_000)]
     codes = np.where(rng.random(picked.shape) < 0.2, -picked, picked)
     return pack_codes(codes), "synthetic clustered codes (10 centres, 20% bit noise): a smoke run, not learned codes"
 
@@ -99,19 +95,13 @@ def make_problem(base: np.ndarray, n: int, n_queries: int, flip: float, seed: in
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-def timed(function, *args):
-    started = time.perf_counter()
-    result = function(*args)
-    return time.perf_counter() - started, result
-
-
 def batch_seconds(search, queries: np.ndarray, repeats: int) -> tuple[float, tuple]:
     """Best wall time of `search(queries, K)` over `repeats` runs (at least one, more while under 2 s)."""
-    best, result = timed(search, queries, K)
+    best, _, result = timed(search, queries, K)
     for _ in range(repeats - 1):
         if best > 2.0:
             break
-        seconds, result = timed(search, queries, K)
+        seconds, _, result = timed(search, queries, K)
         best = min(best, seconds)
     return best, result
 
@@ -120,8 +110,7 @@ def single_latencies(search, queries: np.ndarray, count: int) -> list[float]:
     """Seconds of `count` one-query searches, one after the other."""
     latencies = []
     for row in range(min(count, queries.shape[0])):
-        seconds, _ = timed(search, queries[row : row + 1], K)
-        latencies.append(seconds)
+        latencies.append(timed(search, queries[row : row + 1], K).seconds)
     return latencies
 
 
@@ -138,11 +127,11 @@ def interleaved(searchers: dict, queries: np.ndarray, repeats: int, count: int) 
     timings = {name: {"batch": [], "single": []} for name in searchers}
     for _ in range(repeats):
         for name, search in searchers.items():
-            seconds, timings[name]["result"] = timed(search, queries, K)
+            seconds, _, timings[name]["result"] = timed(search, queries, K)
             timings[name]["batch"].append(seconds)
     for row in range(min(count, queries.shape[0])):
         for name, search in searchers.items():
-            timings[name]["single"].append(timed(search, queries[row : row + 1], K)[0])
+            timings[name]["single"].append(timed(search, queries[row : row + 1], K).seconds)
     return timings
 
 
@@ -199,15 +188,6 @@ def peak_memory(spec: str, codes_path: Path, ids_path: Path, directory: Path) ->
     return json.loads(output.strip().splitlines()[-1])
 
 
-def rss_kb(field: str) -> int:
-    """This process's resident set now ("VmRSS") or its high-water mark ("VmHWM"), in KiB. The high-water
-    mark is ru_maxrss without what a fork-and-exec inherits (ru_maxrss keeps the forking parent's size)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def peak_child(spec: str, codes_path: Path, ids_path: Path, out: Path) -> None:
     import faiss  # imported before the baseline, as `bganhash.index.index` was (with torch, by the package)
 
@@ -216,7 +196,7 @@ def peak_child(spec: str, codes_path: Path, ids_path: Path, out: Path) -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-    baseline = rss_kb("VmRSS")
+    baseline = rss_mb("VmRSS")
     started = time.perf_counter()
     if spec == "faiss-direct":
         index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
@@ -227,11 +207,10 @@ def peak_child(spec: str, codes_path: Path, ids_path: Path, out: Path) -> None:
         index.add_packed(codes, ids)
         index.save(out)
     seconds = time.perf_counter() - started
-    peak = rss_kb("VmHWM")
+    peak = peak_rss_mb()
     out.unlink()
-    print(json.dumps({"rss_before_build_mb": baseline / 1024, "peak_rss_mb": peak / 1024,
-                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "index_rss_mb": (peak - baseline) / 1024, "build_and_save_s": seconds}))
+    print(json.dumps({"rss_before_build_mb": baseline, "peak_rss_mb": peak, "ru_maxrss_mb": ru_maxrss_mb(),
+                      "index_rss_mb": peak - baseline, "build_and_save_s": seconds}))
 
 
 def collection_bytes_per_image(data: Path) -> dict | None:
@@ -263,7 +242,7 @@ def collection_bytes_per_image(data: Path) -> dict | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__, results_path("index_backends"))
     parser.add_argument("--codes", type=Path, default=None,
                         help="learned codes (.npy from `bganhash encode`: int8 {-1,+1}, or packed uint8)")
     parser.add_argument("--codes-source", default=None, help="one sentence on where --codes come from")
@@ -285,9 +264,8 @@ def main() -> None:
                         help="batch searches of each exact search, timed in turn (best reported)")
     parser.add_argument("--single", type=int, default=200, help="queries timed one at a time")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 zip, for the paths' bytes")
+    parser.add_argument("--data", type=Path, default=CIFAR10_ZIP, help="CIFAR-10 zip, for the paths' bytes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-codes", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-ids", type=Path, help=argparse.SUPPRESS)
@@ -314,9 +292,9 @@ def main() -> None:
 
         # The exact searches, timed in turn: faiss's IndexBinaryFlat used directly (positions, no ids), ours.
         build_s = {}
-        build_s["direct"], direct = timed(lambda: _faiss_flat(faiss, database))
-        build_s["flat"], flat = timed(lambda: _built("flat", database, ids))
-        build_s["numpy"], numpy_flat = timed(lambda: _built("flat,engine=numpy", database, ids))
+        build_s["direct"], _, direct = timed(_faiss_flat, faiss, database)
+        build_s["flat"], _, flat = timed(_built, "flat", database, ids)
+        build_s["numpy"], _, numpy_flat = timed(_built, "flat,engine=numpy", database, ids)
         timing = interleaved({"direct": direct.search, "flat": flat.search_packed, "numpy": numpy_flat.search_packed},
                              queries, args.flat_repeats, args.single)
         exact = timing["flat"]["result"]
@@ -337,7 +315,7 @@ def main() -> None:
         for specs, option, values in ((args.ivf, "nprobe", args.nprobe), (args.hnsw, "ef", args.ef),
                                       (args.mih, "nflip", args.nflip)):
             for spec in specs:
-                build_s, index = timed(lambda: _built(spec, database, ids))
+                build_s, _, index = timed(_built, spec, database, ids)
                 print(f"  built {index.backend} in {build_s:.1f} s", flush=True)
                 sizes = file_bytes(index, scratch)
                 for value in values:
@@ -374,14 +352,10 @@ def main() -> None:
         "rows": rows, "peak_memory": memory, "collection_bytes": collection_bytes_per_image(args.data),
         "targets": targets, "threads": usable_cpus(), "faiss_version": faiss.__version__,
         "load_average_before": load_before, "load_average_after": load_after,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
-                   f"Python {platform.python_version()}",
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "tie_rule": "exact results rank ties by insertion order; recall_at_10 compares ids with that ranking",
     }
     print_table(document)
-    write_json(args.output, document)
-    print(f"wrote {args.output}")
+    write_results(args.output, document)
 
 
 def _faiss_flat(faiss, database: np.ndarray):

@@ -20,23 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bganhash._io import write_json
+from _common import FEATURE_CACHE, make_parser, peak_rss_mb, results_path, timed, write_results
 from bganhash.features.transforms import transform_features
-from bganhash.neighborhood.algorithm import estimate_knn_recall, expand_neighborhood, knn_cosine, positives_per_image
+from bganhash.neighborhood import estimate_knn_recall, expand_neighborhood, knn_cosine, positives_per_image
 
-ROOT = Path(__file__).resolve().parents[1]
-FEATURE_CACHE = Path.home() / ".cache" / "bganhash" / "features"
-RESULTS = ROOT / "benchmarks" / "results" / "large_neighborhood.json"
 NOISE = 0.5  # noise standard deviation, as a fraction of each principal component's own
 
 
@@ -46,8 +41,8 @@ def source_features(dim: int) -> tuple[np.ndarray, str]:
     full = [p for p in cached if np.load(p, mmap_mode="r").shape[0] == 60_000]
     if not full:
         rng = np.random.default_rng(0)
-        centres = rng.standard_normal((1200, dim), dtype=np.float32)
-        return centres[rng.integers(0, 1200, 60_000)] + 0.5 * rng.standard_normal((60_000, dim), dtype=np.float32), \
+        centers = rng.standard_normal((1200, dim), dtype=np.float32)
+        return centers[rng.integers(0, 1200, 60_000)] + 0.5 * rng.standard_normal((60_000, dim), dtype=np.float32), \
             "clustered Gaussian stand-in (no cached CIFAR-10 features found)"
     rows = transform_features(np.load(full[-1]).astype(np.float32), "sqrt_l2_center")
     _, singular, components = np.linalg.svd(rows[::4], full_matrices=False)  # 15,000 rows fit the axes
@@ -70,28 +65,15 @@ def replicate(source: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def peak_rss_mb() -> float:
-    """This process's resident-memory high-water mark (VmHWM: unlike ru_maxrss, not inherited from the
-    parent across fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child_run(source_path: Path, n: int, k1: int, k2: int, nprobe: int) -> None:
     """Measure one size in this (fresh) process; print one JSON line."""
     source = np.load(source_path)
     dim, description = source.shape[1], source_path.with_suffix(".txt").read_text()
     features = replicate(source, n)
     del source
-    started = time.perf_counter()
-    knn = knn_cosine(features, k1, method="ivf", nprobe=nprobe, progress=True)
-    knn_s = time.perf_counter() - started
-    started = time.perf_counter()
-    S = expand_neighborhood(knn, k2)
-    expand_s = time.perf_counter() - started
-    rss_mb = peak_rss_mb()
+    knn_s, _, knn = timed(knn_cosine, features, k1, method="ivf", nprobe=nprobe, progress=True)
+    expand_s, _, S = timed(expand_neighborhood, knn, k2)
+    rss_mb = peak_rss_mb()  # VmHWM: unlike ru_maxrss, not inherited from the parent across fork and exec
     recall = estimate_knn_recall(features, knn, n_sample=1000)
     print(json.dumps({
         "n": n, "k1": k1, "k2": k2, "dim": dim, "nprobe": nprobe, "features": description,
@@ -116,13 +98,12 @@ def measure(source_path: Path, n: int, k1: int, k2: int, nprobe: int) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__, results_path("large_neighborhood"), flag="--out")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16])
     parser.add_argument("--k1", type=int, default=20)
     parser.add_argument("--k2", type=int, default=30)
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,12 +117,7 @@ def main() -> None:
         source_path.with_suffix(".txt").write_text(description)
         del source
         rows = [measure(source_path, n, args.k1, args.k2, nprobe) for n in args.sizes for nprobe in args.nprobe]
-    write_json(args.out, {
-        "command": "python benchmarks/" + " ".join([Path(__file__).name, *sys.argv[1:]]),
-        "machine": f"{os.cpu_count()} CPU cores", "load_average_at_end": list(os.getloadavg()),
-        "date": time.strftime("%Y-%m-%d"), "rows": rows,
-    })  # fmt: skip
-    print(f"wrote {args.out}")
+    write_results(args.out, {"load_average_at_end": list(os.getloadavg()), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -9,27 +9,21 @@ Codes are clustered (class centres with bits flipped at random) so that mAP is n
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import statistics
-import time
-from pathlib import Path
 
 import numpy as np
 
-from bganhash._io import write_json
+from _common import make_parser, results_path, timed, write_results
 from bganhash._system import usable_cpus
 from bganhash.metrics import mean_average_precision
 
-RESULTS = Path(__file__).resolve().parent / "results" / "map.json"
 
-
-def clustered_codes(rng: np.random.Generator, n: int, n_bits: int, centres: np.ndarray, flip: float):
+def clustered_codes(rng: np.random.Generator, n: int, n_bits: int, centers: np.ndarray, flip: float):
     """n {-1,+1} codes: a random class centre each, every bit flipped with probability `flip`."""
-    labels = rng.integers(0, len(centres), size=n)
+    labels = rng.integers(0, len(centers), size=n)
     flips = np.where(rng.random((n, n_bits)) < flip, -1, 1)
-    return (centres[labels] * flips).astype(np.int8), labels
+    return (centers[labels] * flips).astype(np.int8), labels
 
 
 def reference_map(query_codes: np.ndarray, database_codes: np.ndarray, query_labels, database_labels) -> float:
@@ -45,15 +39,8 @@ def reference_map(query_codes: np.ndarray, database_codes: np.ndarray, query_lab
     return float(np.mean(average_precisions))
 
 
-def timed(function, *args):
-    """(seconds of wall time, seconds of CPU time over all threads, result) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = function(*args)
-    return time.perf_counter() - wall, time.process_time() - cpu, result
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = make_parser(__doc__, results_path("map"))
     parser.add_argument("--n-queries", type=int, default=1000)
     parser.add_argument("--n-database", type=int, default=59000)
     parser.add_argument("--n-bits", type=int, default=64)
@@ -61,24 +48,23 @@ def main() -> None:
     parser.add_argument("--flip", type=float, default=0.3, help="probability of flipping a bit of the class centre")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of ours (best and median reported)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
-    centres = np.where(rng.random((args.n_classes, args.n_bits)) < 0.5, -1, 1)
-    query_codes, query_labels = clustered_codes(rng, args.n_queries, args.n_bits, centres, args.flip)
-    database_codes, database_labels = clustered_codes(rng, args.n_database, args.n_bits, centres, args.flip)
+    centers = np.where(rng.random((args.n_classes, args.n_bits)) < 0.5, -1, 1)
+    query_codes, query_labels = clustered_codes(rng, args.n_queries, args.n_bits, centers, args.flip)
+    database_codes, database_labels = clustered_codes(rng, args.n_database, args.n_bits, centers, args.flip)
     problem = (query_codes, database_codes, query_labels, database_labels)
 
     load_before = os.getloadavg()
     ours = [timed(mean_average_precision, *problem) for _ in range(args.repeats)]
     reference_s, reference_cpu_s, reference = timed(reference_map, *problem)
     load_after = os.getloadavg()
-    ours_map = ours[0][2]
+    ours_map = ours[0].result
     if abs(ours_map - reference) > 1e-9:
         raise SystemExit(f"mAP differs: ours {ours_map!r}, reference {reference!r}")
 
-    walls = [wall for wall, _, _ in ours]
+    walls = [timing.seconds for timing in ours]
     document = {
         "benchmark": "mAP@all, Hamming ranking with ties by database index, end to end",
         "n_queries": args.n_queries,
@@ -90,7 +76,7 @@ def main() -> None:
         "reference_map": reference,
         "ours_s": min(walls),
         "ours_median_s": statistics.median(walls),
-        "ours_cpu_s": min(cpu for _, cpu, _ in ours),
+        "ours_cpu_s": min(timing.cpu_seconds for timing in ours),
         "reference_s": reference_s,
         "reference_cpu_s": reference_cpu_s,
         "ratio": reference_s / min(walls),
@@ -98,13 +84,11 @@ def main() -> None:
         "threads": usable_cpus(),
         "load_average_before": load_before[0],
         "load_average_after": load_after[0],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}",
     }
     for key in ("map", "ours_s", "ours_median_s", "ours_cpu_s", "reference_s", "ratio", "load_average_before"):
         value = document[key]
         print(f"{key:>20}: {value:.4f}" if isinstance(value, float) else f"{key:>20}: {value}")
-    write_json(args.output, document)
-    print(f"wrote {args.output}")
+    write_results(args.output, document)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,8 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from bganhash._io import write_json
+from _common import CIFAR10_ZIP, FEATURE_CACHE, REPO_ROOT, make_parser, results_path, ru_maxrss_mb, timed, write_results
 from bganhash.features.transforms import transform_features
-from bganhash.neighborhood.algorithm import (
+from bganhash.neighborhood import (
     expand_neighborhood,
     knn_cosine,
     knn_label_precision_curve,
@@ -38,37 +36,24 @@ from bganhash.neighborhood.algorithm import (
     positives_per_image,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-CIFAR_ZIP = ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"
-FEATURE_CACHE = Path.home() / ".cache" / "bganhash" / "features"
 REPEATS = 3  # ours: best of 3; the reference (seconds per run) runs once
 
 
 def load_test_references() -> Any:
     """The plain-Python reference lives in the test file, so that the test and this benchmark share it."""
-    spec = importlib.util.spec_from_file_location("test_neighborhood", ROOT / "tests" / "test_neighborhood.py")
+    spec = importlib.util.spec_from_file_location("test_neighborhood", REPO_ROOT / "tests" / "test_neighborhood.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def timed(function, *args, repeats: int = 1) -> tuple[Any, float]:
-    """The result and the best wall time in seconds of `repeats` calls (the machine is shared)."""
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function(*args)
-        seconds.append(time.perf_counter() - start)
-    return result, min(seconds)
-
-
 def clustered_features(n: int, dim: int, seed: int) -> np.ndarray:
     """Gaussian clusters (about 50 images each) in `dim` dimensions, float32."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, n // 50), dim), dtype=np.float32)
+    centers = rng.standard_normal((max(1, n // 50), dim), dtype=np.float32)
     features = rng.standard_normal((n, dim), dtype=np.float32)
     features *= 1.2
-    features += centres[rng.integers(0, len(centres), n)]
+    features += centers[rng.integers(0, len(centers), n)]
     return features
 
 
@@ -76,10 +61,10 @@ def against_reference(n: int, k1: int, k2: int, dim: int) -> dict[str, Any]:
     """Time the reference and ours side by side on exact-tie lattice features; check identical output."""
     reference = load_test_references()
     features = reference.lattice_features(np.random.default_rng(0), n, n // 20, dim // 16, dim, 256)
-    reference_knn, reference_knn_s = timed(reference.reference_knn, features, k1)
-    reference_S, reference_expand_s = timed(reference.reference_expand, reference_knn, k2)
-    knn, knn_s = timed(knn_cosine, features, k1, repeats=REPEATS)
-    S, expand_s = timed(expand_neighborhood, knn, k2, repeats=REPEATS)
+    reference_knn_s, _, reference_knn = timed(reference.reference_knn, features, k1)
+    reference_expand_s, _, reference_S = timed(reference.reference_expand, reference_knn, k2)
+    knn_s, _, knn = timed(knn_cosine, features, k1, repeats=REPEATS)
+    expand_s, _, S = timed(expand_neighborhood, knn, k2, repeats=REPEATS)
     row = {
         "n": n, "k1": k1, "k2": k2, "dim": dim,
         "features": f"clustered lattice {{-1,0,1}}^{dim}, 256 non-zeros (exact cosines, many ties)",
@@ -104,8 +89,8 @@ def against_reference(n: int, k1: int, k2: int, dim: int) -> dict[str, Any]:
 def child_run(n: int, k1: int, k2: int, dim: int) -> None:
     """Measure ours at size n in this (child) process; print one JSON line."""
     features = clustered_features(n, dim, seed=1)
-    knn, knn_s = timed(knn_cosine, features, k1, repeats=REPEATS)
-    S, expand_s = timed(expand_neighborhood, knn, k2, repeats=REPEATS)
+    knn_s, _, knn = timed(knn_cosine, features, k1, repeats=REPEATS)
+    expand_s, _, S = timed(expand_neighborhood, knn, k2, repeats=REPEATS)
     tracemalloc.start()
     knn_cosine(features, k1)
     knn_peak = tracemalloc.get_traced_memory()[1]
@@ -118,7 +103,7 @@ def child_run(n: int, k1: int, k2: int, dim: int) -> None:
         "knn_s": knn_s, "expand_s": expand_s, "total_s": knn_s + expand_s,
         "knn_peak_mb": knn_peak / 2**20, "expand_peak_mb": expand_peak / 2**20,
         "input_features_mb": features.nbytes / 2**20,
-        "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_peak_mb": ru_maxrss_mb(),
         "S_nnz": int(S.nnz), "positives_per_image": positives_per_image(S),
     }))  # fmt: skip
 
@@ -135,7 +120,7 @@ def at_scale(n: int, k1: int, k2: int, dim: int) -> dict[str, Any]:
     return row
 
 
-def sqrt_l2_centre(features: np.ndarray) -> np.ndarray:
+def sqrt_l2_center(features: np.ndarray) -> np.ndarray:
     """Signed square root, L2-normalise each row, subtract the mean row (the library's transform)."""
     return transform_features(features, "sqrt_l2_center")
 
@@ -148,7 +133,7 @@ def labelled_features(features_path: Path, labels_arg: str) -> tuple[np.ndarray,
     from bganhash.datasets.cifar10 import load_cifar10
     from bganhash.datasets.splits import protocol_split
 
-    dataset = load_cifar10(CIFAR_ZIP)
+    dataset = load_cifar10(CIFAR10_ZIP)
     if len(features) != len(dataset):
         raise SystemExit(f"{features_path} has {len(features)} rows; the pooled CIFAR-10 has {len(dataset)}")
     train = protocol_split(dataset, seed=0).train
@@ -160,17 +145,18 @@ def rows_short_of_overlaps(lists: np.ndarray, k2: int) -> float:
     """Fraction of images with fewer than k2 images of non-zero overlap: Algorithm 1, taken literally,
     completes their K2 with the smallest-index images of zero overlap."""
     n = lists.shape[0]
-    membership = sp.csr_matrix((np.ones(lists.size), lists.ravel(), np.arange(0, lists.size + 1, lists.shape[1])), (n, n))
+    row_starts = np.arange(0, lists.size + 1, lists.shape[1])
+    membership = sp.csr_matrix((np.ones(lists.size), lists.ravel(), row_starts), (n, n))
     return float((np.diff((membership @ membership.T).tocsr().indptr) < k2).mean())
 
 
 def label_quality(features: np.ndarray, labels: np.ndarray, settings: list[tuple[int, int]], tag: str) -> list[dict]:
     rows = []
     for post in ("plain", "sqrt-l2-centre"):
-        X = features if post == "plain" else sqrt_l2_centre(features)
-        knn, knn_s = timed(knn_cosine, X, max(k1 for k1, _ in settings))
+        X = features if post == "plain" else sqrt_l2_center(features)
+        knn_s, _, knn = timed(knn_cosine, X, max(k1 for k1, _ in settings))
         for k1, k2 in settings:
-            S, expand_s = timed(expand_neighborhood, knn[:, : k1 + 1], k2)
+            expand_s, _, S = timed(expand_neighborhood, knn[:, : k1 + 1], k2)
             row = {
                 "features": post, "k1": k1, "k2": k2, "knn_s": knn_s, "expand_s": expand_s,
                 "knn_precision": label_precision(knn[:, : k1 + 1], labels),
@@ -200,7 +186,7 @@ def find_cached_features() -> Path | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__, results_path("neighborhood"), flag="--out", full_doc=True)
     parser.add_argument("--n-reference", type=int, default=2000, help="N of the side-by-side comparison")
     parser.add_argument("--n", type=int, default=10000, help="N of the timing and memory run")
     parser.add_argument("--k1", type=int, default=20)
@@ -210,7 +196,6 @@ def main() -> None:
     parser.add_argument("--labels", default="cifar10", help="'cifar10' (pooled rows, paper split) or a .npy")
     parser.add_argument("--curve", default="5,10,20,30,50", help="K1 values of the Figure-2 curve ('' skips)")
     parser.add_argument("--skip-reference", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "neighborhood.json")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -218,7 +203,7 @@ def main() -> None:
         return
 
     results: dict[str, Any] = {
-        "command": " ".join(sys.argv), "peak_memory": "tracemalloc peak per phase, and ru_maxrss of the child process",
+        "peak_memory": "tracemalloc peak per phase, and ru_maxrss of the child process",
         "timing": f"ours best of {REPEATS}, reference once", "load_average_at_start": os.getloadavg(),
     }  # fmt: skip
     if not args.skip_reference:
@@ -235,12 +220,11 @@ def main() -> None:
         results["labelled"] = {"source": description, "rows": rows}
         if args.curve:
             k1_values = [int(value) for value in args.curve.split(",")]
-            curve = knn_label_precision_curve(sqrt_l2_centre(features), labels, k1_values, args.k2)
+            curve = knn_label_precision_curve(sqrt_l2_center(features), labels, k1_values, args.k2)
             results["labelled"]["figure2_curve_sqrt_l2_centre"] = curve
             print(f"[{tag}, Figure 2, sqrt-l2-centre, K2={args.k2}] {json.dumps(curve)}")
     results["load_average_at_end"] = os.getloadavg()
-    write_json(args.out, results)
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

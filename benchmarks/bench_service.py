@@ -15,11 +15,9 @@ Writes benchmarks/results/service.json. On a shared machine the figures are nois
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -32,11 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bganhash._io import write_json
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "service.json"
+from _common import CIFAR10_ZIP, make_parser, results_path, write_results
 
 
 def prepare_images(data: Path, workdir: Path, seed: int) -> tuple[Path, Path]:
@@ -61,7 +55,7 @@ def prepare_images(data: Path, workdir: Path, seed: int) -> tuple[Path, Path]:
 
 
 def build_index(database: Path, out: Path, bits: int) -> dict:
-    from bganhash.collection.collection import BuildConfig, Collection, build_collection
+    from bganhash.collection import BuildConfig, Collection, build_collection
 
     if (out / "manifest.json").exists():
         with Collection.load(out) as collection:
@@ -167,7 +161,7 @@ def time_upload_parts(index: Path, queries: list[Path], repeats: int) -> dict:
     """
     import torch
 
-    from bganhash.collection.collection import Collection, decode_query
+    from bganhash.collection import Collection, decode_query
 
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     with Collection.load(index) as collection:
@@ -202,8 +196,8 @@ def _http_parser() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser = make_parser(__doc__, results_path("service"), flag="--out", full_doc=True)
+    parser.add_argument("--data", type=Path, default=CIFAR10_ZIP)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bganhash-bench"))
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--clients", type=int, default=16)
@@ -217,7 +211,6 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=None,
                         help="Benchmark this existing index instead (with --queries: a folder of query images).")
     parser.add_argument("--queries", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.index is not None:
         index, queries_dir = args.index, args.queries
@@ -257,14 +250,11 @@ def main() -> None:
         server.wait(timeout=30)
     parts = time_upload_parts(index, queries, repeats=200)
     print(f"upload parts (median ms, in-process): {parts}", flush=True)
-    write_json(args.out, {
+    write_results(args.out, {
         "benchmark": "service", "dataset": "CIFAR-10 (JPEG copy), protocol database (59,000) and queries (1,000)",
         "index": built, "k": args.k, "server_torch_threads": args.threads, "http_parser": _http_parser(),
         "by_id": by_id, "by_upload": by_upload, "upload_parts_ms": parts, "server_alive_after": health["status"],
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
     })
-    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

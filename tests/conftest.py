@@ -1,4 +1,5 @@
-"""Shared test fixtures: the optional ../shared data, seeded RNGs, temporary caches."""
+"""Shared test fixtures and helpers: the optional ../shared data, seeded RNGs, temporary caches, small image
+folders and encoded images, the Lite0 backbone. Test modules import the helpers with `from conftest import ...`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import os
 # Oversubscribed BLAS threads make tiny linear algebra very slow on a busy 2-core machine.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import io  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -45,3 +48,44 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """The pretrained EfficientNet-Lite0 backbone, loaded once per test module."""
+    from bganhash.features.backbones import create_backbone
+
+    return create_backbone("efficientnet_lite0")
+
+
+@pytest.fixture
+def photos(request, tmp_path) -> Path:
+    """A fresh photo folder, tmp_path/photos, as the test module's own `make_photos(folder)` writes it."""
+    make_photos = getattr(request.module, "make_photos", None)
+    if make_photos is None:
+        pytest.fail(f"{request.module.__name__} uses the `photos` fixture but defines no make_photos(folder)")
+    return make_photos(tmp_path / "photos")
+
+
+def write_digits(folder: Path, indices, size: int = 32, by_parity: bool = False, fmt: str = "png") -> list[Path]:
+    """scikit-learn's 8x8 digits upscaled to size x size RGB files named by digit index (0007.png), in
+    sub-folders "even" and "odd" with `by_parity`."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images
+    written = []
+    for i in indices:
+        gray = np.rint(digits[i] * 255 / 16).astype(np.uint8)
+        image = Image.fromarray(gray).convert("RGB").resize((size, size), Image.Resampling.NEAREST)
+        path = folder / (("even" if i % 2 == 0 else "odd") if by_parity else "") / f"{i:04d}.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        written.append(path)
+    return written
+
+
+def image_bytes(image: np.ndarray | Image.Image, fmt: str = "PNG") -> bytes:
+    """An image (a uint8 array or a PIL image) encoded as a file in memory."""
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, fmt)
+    return buffer.getvalue()

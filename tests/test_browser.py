@@ -14,12 +14,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+)
 N_IMAGES = 24
 K = 10
 
@@ -36,9 +36,10 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from bganhash.collection.collection import BuildConfig, build_collection  # noqa: E402
+from bganhash.collection import BuildConfig, build_collection  # noqa: E402
 from bganhash.features.config import FeatureConfig  # noqa: E402
 from bganhash.serve.app import create_app  # noqa: E402
+from conftest import write_digits  # noqa: E402
 
 WAIT_S = 60
 
@@ -50,24 +51,19 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    """Digits upscaled to 48x48 PNGs."""
-    from sklearn.datasets import load_digits
-
+def digits(tmp_path_factory) -> Path:
+    """A folder of digits upscaled to 48x48 PNGs, for the whole module."""
     folder = tmp_path_factory.mktemp("browser") / "digits"
-    folder.mkdir()
-    for i, digit in enumerate(load_digits().images[:N_IMAGES]):
-        gray = np.rint(digit * 255 / 16).astype(np.uint8)
-        Image.fromarray(gray).convert("RGB").resize((48, 48), Image.Resampling.NEAREST).save(folder / f"{i:02d}.png")
+    write_digits(folder, range(N_IMAGES), size=48)
     return folder
 
 
 @pytest.fixture(scope="module")
-def base_url(photos) -> str:
-    out = photos.parent / "digits.index"
+def base_url(digits) -> str:
+    out = digits.parent / "digits.index"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BGANHASH_CACHE", str(photos.parent / "cache"))
-        build_collection(photos, out, config=BuildConfig(method="lsh", n_bits=32),
+        patch.setenv("BGANHASH_CACHE", str(digits.parent / "cache"))
+        build_collection(digits, out, config=BuildConfig(method="lsh", n_bits=32),
                          feature_config=FeatureConfig(image_size=32), progress=False)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(out), host="127.0.0.1", port=port, log_level="warning"))
@@ -112,17 +108,17 @@ def loaded_thumbnails(driver) -> int:
         ".filter(img => img.complete && img.naturalWidth > 0).length;")
 
 
-def test_uploading_through_the_page_shows_k_thumbnails_and_clicking_one_searches_by_it(browser, base_url, photos):
+def test_uploading_through_the_page_shows_k_thumbnails_and_clicking_one_searches_by_it(browser, base_url, digits):
     browser.get(base_url + "/")
     wait = WebDriverWait(browser, WAIT_S)
     wait.until(lambda d: "images" in d.find_element(By.ID, "info").text)
     assert f"{N_IMAGES} images" in browser.find_element(By.ID, "info").text
 
-    browser.find_element(By.ID, "file").send_keys(str(photos / "07.png"))
+    browser.find_element(By.ID, "file").send_keys(str(digits / "0007.png"))
     wait.until(lambda d: len(result_cards(d)) == K and loaded_thumbnails(d) == K)
     cards = result_cards(browser)
-    assert "07.png" in cards[0].text and "distance 0" in cards[0].text
-    assert "results for 07.png" in browser.find_element(By.ID, "status").text
+    assert "0007.png" in cards[0].text and "distance 0" in cards[0].text
+    assert "results for 0007.png" in browser.find_element(By.ID, "status").text
 
     clicked_path = cards[4].find_element(By.TAG_NAME, "img").get_attribute("alt")
     cards[4].click()
@@ -131,7 +127,7 @@ def test_uploading_through_the_page_shows_k_thumbnails_and_clicking_one_searches
     assert len(card_texts(browser)) == K
 
 
-def test_a_bad_upload_shows_the_services_error_and_the_page_keeps_working(browser, base_url, photos, tmp_path):
+def test_a_bad_upload_shows_the_services_error_and_the_page_keeps_working(browser, base_url, digits, tmp_path):
     browser.get(base_url + "/")
     wait = WebDriverWait(browser, WAIT_S)
     fake = tmp_path / "holiday.png"
@@ -140,6 +136,6 @@ def test_a_bad_upload_shows_the_services_error_and_the_page_keeps_working(browse
     wait.until(lambda d: "error 415" in d.find_element(By.ID, "status").text)
     assert "not an image" in browser.find_element(By.ID, "status").text and not result_cards(browser)
 
-    browser.find_element(By.ID, "file").send_keys(str(photos / "03.png"))
+    browser.find_element(By.ID, "file").send_keys(str(digits / "0003.png"))
     wait.until(lambda d: len(card_texts(d)) == K)
-    assert "03.png" in card_texts(browser)[0]
+    assert "0003.png" in card_texts(browser)[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import tarfile
@@ -28,7 +27,12 @@ def _write_batches(directory: Path, rng: np.random.Generator) -> tuple[np.ndarra
     for name in BATCH_NAMES:
         data = rng.integers(0, 256, size=(PER_BATCH, 3072), dtype=np.uint8)
         batch_labels = rng.integers(0, 10, size=PER_BATCH).tolist()
-        document = {b"batch_label": name.encode(), b"labels": batch_labels, b"data": data, b"filenames": [b"x.png"] * PER_BATCH}
+        document = {
+            b"batch_label": name.encode(),
+            b"labels": batch_labels,
+            b"data": data,
+            b"filenames": [b"x.png"] * PER_BATCH,
+        }
         (directory / name).write_bytes(pickle.dumps(document, protocol=2))
         # oracle: pixel (row, col) of channel c sits at c * 1024 + row * 32 + col
         images.append(np.stack([data[:, c * 1024 : (c + 1) * 1024].reshape(-1, 32, 32) for c in range(3)], axis=-1))

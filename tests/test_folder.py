@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
 import zipfile
@@ -14,6 +13,7 @@ from PIL import Image
 
 from bganhash import InputError
 from bganhash.datasets import load_dataset
+from conftest import image_bytes
 
 
 def _save(path: Path, image: Image.Image, fmt: str | None = None) -> None:
@@ -45,7 +45,9 @@ def labelled(tmp_path, rng) -> Path:
 def _check_labelled(dataset, root_is_zip_prefix=""):
     p = root_is_zip_prefix
     assert dataset.name == "folder" and dataset.class_names == ["cats", "dogs"]
-    assert dataset.locations == [p + m for m in ("cats/0.png", "cats/1.png", "cats/2.png", "cats/deep/x.JPG", "dogs/0.png", "dogs/1.png")]
+    assert dataset.locations == [
+        p + m for m in ("cats/0.png", "cats/1.png", "cats/2.png", "cats/deep/x.JPG", "dogs/0.png", "dogs/1.png")
+    ]
     assert dataset.labels.tolist() == [0, 0, 0, 0, 1, 1] and dataset.bad_files == []
 
 
@@ -99,13 +101,10 @@ def test_mixed_layout_is_unlabelled_with_a_warning(tmp_path):
 
 
 def _bad_files(root: Path) -> None:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
-    (root / "a_truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    jpeg = image_bytes(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), "JPEG")
+    (root / "a_truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (root / "b_text.png").write_text("this is not a png")
-    buffer = io.BytesIO()
-    Image.new("RGB", (20, 20)).save(buffer, "PNG")
-    (root / "c_truncated.png").write_bytes(buffer.getvalue()[:-20])
+    (root / "c_truncated.png").write_bytes(image_bytes(Image.new("RGB", (20, 20)))[:-20])
     _save(root / "good.png", Image.new("RGB", (4, 4), (1, 1, 1)))
 
 

@@ -16,7 +16,6 @@ from bganhash.metrics import (
     precision_recall_curve,
 )
 
-
 # ---- brute-force reference, one query and one item at a time -----------------------------------
 
 
@@ -146,7 +145,7 @@ def test_results_do_not_depend_on_blocks_or_threads(rng, monkeypatch):
     whole = average_precisions(*data)
     monkeypatch.setattr(codes_module, "_BLOCK_ELEMENTS", 150)  # three queries per block
     for workers in (1, 2):
-        monkeypatch.setattr(codes_module, "usable_cpus", lambda: workers)
+        monkeypatch.setattr(codes_module, "usable_cpus", lambda workers=workers: workers)
         np.testing.assert_array_equal(average_precisions(*data), whole)
 
 

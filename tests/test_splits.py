@@ -50,7 +50,9 @@ def test_same_seed_same_split_other_seed_differs(cifar_like):
 def test_too_small_class_names_class_and_counts():
     labels = np.repeat(np.arange(10), 1100)
     labels[:50] = 1  # class0 keeps 1,050 images
-    with pytest.raises(InputError, match=r"class 'class0' .* has 950 images left for training images; the split needs 1000"):
+    with pytest.raises(
+        InputError, match=r"class 'class0' .* has 950 images left for training images; the split needs 1000"
+    ):
         protocol_split(_toy("cifar10", labels, [f"class{c}" for c in range(10)]))
 
 
@@ -59,7 +61,9 @@ def test_save_load_round_trip(cifar_like, tmp_path):
     split.save(tmp_path / "run" / "split.json")
     loaded = Split.load(tmp_path / "run" / "split.json")
     for field in ("query", "train", "database"):
-        assert np.array_equal(getattr(loaded, field), getattr(split, field)) and getattr(loaded, field).dtype == np.int64
+        assert (
+            np.array_equal(getattr(loaded, field), getattr(split, field)) and getattr(loaded, field).dtype == np.int64
+        )
     assert (loaded.dataset, loaded.seed, loaded.protocol, loaded.n_images) == ("cifar10", 5, "paper", 12000)
     assert json.loads((tmp_path / "run" / "split.json").read_text())["sizes"]["train"] == 10000
     loaded.check(cifar_like)
