@@ -21,6 +21,7 @@ from bganhash._io import read_versioned_json, write_json
 from bganhash._validation import InputError, check_image_list
 from bganhash._version import __version__
 from bganhash.datasets.base import Dataset, FileSource
+from bganhash.datasets.images import resize_square
 from bganhash.features.config import FeatureConfig
 from bganhash.hashers.base import Hasher
 from bganhash.registry import load_hasher
@@ -110,8 +111,6 @@ class ImagePipeline:
                              "fitted on, so it encodes features only: give a .npy file of features, not images")
 
     def _encode_pixels(self, images: list[np.ndarray]) -> np.ndarray:
-        from bganhash.datasets.images import resize_square
-
         side = self.hasher.pixel_size
         return np.asarray(self.hasher.encode(np.stack([resize_square(image, side) for image in images])), np.int8)
 

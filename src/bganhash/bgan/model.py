@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from bganhash.bgan.config import BGANConfig, check_reconstruction_size
+from bganhash.features.backbones import create_backbone
 
 VGG_GROUPS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # Table 1: (filters, conv layers)
 BASE_SIZE = 8  # the generator's fully connected layer makes 8x8 maps (Section 3.2.3)
@@ -203,8 +204,6 @@ class BGANNetworks(nn.Module):
             self.encoder = VGGEncoder(reconstruction_size, net.head_hidden, net.width_factor)
         else:
             if backbone is None:
-                from bganhash.features.backbones import create_backbone
-
                 backbone = create_backbone(net.backbone)
             self.encoder = FinetuneEncoder(backbone, backbone_input_size, net.head_hidden)
         self.hash_layer = HashLayer(self.encoder.out_features, config.n_bits)
