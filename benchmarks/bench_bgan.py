@@ -26,6 +26,7 @@ from bganhash.features.config import FeatureConfig
 from bganhash.features.extract import extract_features
 from bganhash.hashers import ITQ
 from bganhash.metrics import mean_average_precision
+from bganhash.pipeline import ImagePipeline
 
 PAPER_BGAN = {12: 0.401, 24: 0.512, 32: 0.531, 48: 0.558}  # Table 3, CIFAR-10
 
@@ -36,9 +37,12 @@ def evaluate(hasher, features: np.ndarray, labels: np.ndarray, split) -> float:
 
 
 def pixel_throughput(hasher: BGANHasher, images: np.ndarray, batch_size: int) -> float:
-    """Images per second from uint8 pixels to codes (backbone included), after one warm-up batch."""
-    hasher.encode(images[:batch_size], batch_size=batch_size)
-    return len(images) / timed(hasher.encode, images, batch_size=batch_size).seconds
+    """Images per second from uint8 pixels to codes (backbone included, through the ImagePipeline), after one
+    warm-up batch."""
+    pipeline = ImagePipeline(hasher)
+    pictures = list(images)
+    pipeline.encode_images(pictures[:batch_size])
+    return len(pictures) / timed(pipeline.encode_images, pictures).seconds
 
 
 def main() -> None:

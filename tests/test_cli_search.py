@@ -83,7 +83,8 @@ def test_search_finds_an_indexed_image_first(cli, shared):
     matches = document["queries"][0]["results"]
     assert len(matches) == 3 and matches[0]["path"] == "trip/img04.jpg" and matches[0]["distance"] == 0
     text = run(cli, "search", indexed, photos / "trip" / "img04.jpg", "-k", "2").stdout.splitlines()
-    assert text[0].endswith("img04.jpg") and "trip/img04.jpg" in text[1] and len(text) == 3
+    assert text[0].endswith("img04.jpg") and "hamming" in text[1] and "cosine" in text[1] and str(photos) in text[1]
+    assert "trip/img04.jpg" in text[2] and "1.000" in text[2] and len(text) == 4
 
 
 def test_a_folder_query_searches_each_image_and_skips_bad_ones(cli, shared):

@@ -107,21 +107,29 @@ def test_stored_codes_are_the_hasher_codes_of_the_features(shared):
         np.testing.assert_array_equal(collection.codes, expected)
 
 
-def test_search_by_file_finds_the_image_itself_at_distance_zero_and_ranks_by_hamming(shared):
+def test_search_by_file_finds_the_image_itself_first_and_reranks_hamming_candidates(shared):
     from bganhash.codes import unpack_codes
 
     photos, out = shared
     with Collection.load(out) as collection:
+        assert collection.reranked
         target = 7
         image = decode_query((photos / collection.paths[target]).read_bytes())
         matches = collection.search_images([image], k=40)[0]
         assert (matches[0].id, matches[0].path, matches[0].distance) == (int(collection.ids[target]),
                                                                            collection.paths[target], 0)
+        assert matches[0].score > 0.999
+        scores = [m.score for m in matches]
+        assert scores == sorted(scores, reverse=True)  # the second stage orders by similarity
         codes = unpack_codes(collection.codes, N_BITS)
         oracle = popcount_distances(codes[target], codes)
         by_id = {int(i): d for i, d in zip(collection.ids, oracle)}
-        assert [m.distance for m in matches] == sorted(by_id.values())
-        assert all(by_id[m.id] == m.distance for m in matches)
+        assert all(by_id[m.id] == m.distance for m in matches)  # each result still reports its Hamming distance
+        hamming_only = collection.search_codes(collection.encode_images([image]), k=40)[0]
+        assert [m.distance for m in hamming_only] == sorted(by_id.values()) and hamming_only[0].score is None
+        collection.candidates = 5  # re-ranking only reorders the Hamming candidates
+        top = collection.search_images([image], k=5)[0]
+        assert sorted(m.distance for m in top) == sorted(by_id.values())[:5]
 
 
 def test_search_by_id_equals_search_by_its_stored_code(shared):

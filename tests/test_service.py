@@ -95,8 +95,8 @@ def test_upload_of_an_indexed_image_finds_it_first_with_k_results(client, collec
     assert len(body["results"]) == min(k, N_IMAGES) and body["k"] == k
     first = body["results"][0]
     assert (first["id"], first["distance"], first["path"]) == (int(collection.ids[target]), 0, collection.paths[target])
-    distances = [r["distance"] for r in body["results"]]
-    assert distances == sorted(distances)
+    scores = [r["score"] for r in body["results"]]  # ordered by the second stage: similarity
+    assert first["score"] > 0.999 and scores == sorted(scores, reverse=True)
     assert body["timings_ms"]["encode"] > 0
 
 
@@ -114,16 +114,19 @@ def test_raw_image_body_and_query_k_work_too(client):
     assert response.status_code == 200 and len(response.json()["results"]) == 3
 
 
-def test_search_by_id_matches_a_brute_force_hamming_ranking(client, collection):
+def test_search_by_id_reranks_and_reports_brute_force_hamming_distances(client, collection):
     from bganhash.codes import unpack_codes
 
     target = 4
     body = client.post("/search", json={"id": int(collection.ids[target]), "k": 10}).json()
     codes = unpack_codes(collection.codes, collection.n_bits)
-    oracle = (codes != codes[target]).sum(axis=1)
-    order = np.argsort(oracle, kind="stable")[:10]  # ties by index order
-    assert [r["id"] for r in body["results"]] == collection.ids[order].tolist()
-    assert [r["distance"] for r in body["results"]] == oracle[order].tolist()
+    oracle = dict(zip(collection.ids.tolist(), (codes != codes[target]).sum(axis=1).tolist()))
+    assert body["results"][0]["id"] == int(collection.ids[target]) and body["results"][0]["score"] > 0.999
+    assert all(r["distance"] == oracle[r["id"]] for r in body["results"])
+    scores = [r["score"] for r in body["results"]]
+    assert len(scores) == 10 and scores == sorted(scores, reverse=True)
+    assert [(m.id, m.distance) for m in collection.search_ids([int(collection.ids[target])], 10)[0]] == [
+        (r["id"], r["distance"]) for r in body["results"]]
     assert body["query"] == {"id": int(collection.ids[target]), "path": collection.paths[target]}
 
 

@@ -17,6 +17,7 @@ from bganhash.collection import (
     read_query_file,
 )
 from bganhash.datasets.folder import list_image_files
+from bganhash.index.rerank import DEFAULT_CANDIDATES
 from bganhash.registry import HASHERS
 
 _QUERY_BATCH = 64
@@ -72,27 +73,35 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.argument("query", type=click.Path(path_type=Path))
 @click.option("-k", "k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Results per query.")
+@click.option("--candidates", type=click.IntRange(1), default=DEFAULT_CANDIDATES, show_default=True,
+              help="Nearest codes re-ranked by feature similarity (the first of the two search stages).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def search(index_dir, query, k, as_json) -> None:
+def search(index_dir, query, k, candidates, as_json) -> None:
     """Find the K images of INDEX_DIR nearest to QUERY (an image, or a folder of images: each is searched).
 
-    The search uses the backend the index was built with (exact for "flat", approximate for ivf, hnsw and mih).
+    The --candidates nearest codes (at least K) are found with the backend the index was built with (exact for
+    "flat", approximate for ivf, hnsw and mih), then re-ranked by cosine similarity of the compact features
+    the index stores; the output shows both the Hamming distance and that similarity.
     """
     queries, skipped = _query_images(query)
     with Collection.load(index_dir) as collection:
-        backend = collection.backend
+        backend, root, reranked = collection.backend, collection.root, collection.reranked
+        collection.candidates = candidates
         found = []
         for start in range(0, len(queries), _QUERY_BATCH):
             batch = queries[start:start + _QUERY_BATCH]
             matches = collection.search_images([image for _, image in batch], k)
             found += [(name, rows) for (name, _), rows in zip(batch, matches)]
-    document = {"index": str(index_dir), "backend": backend, "k": k,
+    document = {"index": str(index_dir), "root": root, "backend": backend, "k": k, "reranked": reranked,
                 "queries": [{"query": name, "results": [m.to_dict() for m in rows]} for name, rows in found],
                 "skipped": [{"query": name, "reason": reason} for name, reason in skipped]}
-    lines = []
+    lines = [] if reranked else ["(this index predates re-ranking: results are ordered by Hamming distance alone; "
+                                 "rebuild it to re-rank by similarity)"]
     for name, rows in found:
-        lines.append(name)
-        lines += [f"  {rank:>3}. {m.distance:>4}  {m.path}  (id {m.id})" for rank, m in enumerate(rows, 1)]
+        lines += [name, f"  rank  hamming  {'cosine' if reranked else '      '}  path (under {root})"]
+        for rank, m in enumerate(rows, 1):
+            score = "" if m.score is None else f"{m.score:.3f}"
+            lines.append(f"  {rank:>4}  {m.distance:>7}  {score:>6}  {m.path}  (id {m.id})")
     lines += [f"skipped {name}: {reason}" for name, reason in skipped]
     emit(document, as_json, "\n".join(lines))
 

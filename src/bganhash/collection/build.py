@@ -26,6 +26,7 @@ from bganhash.datasets.folder import list_image_files, open_source, validate_mem
 from bganhash.features.config import FeatureConfig
 from bganhash.hashers.base import Hasher
 from bganhash.index import parse_backend
+from bganhash.index.rerank import FeatureReducer
 from bganhash.pipeline import ImagePipeline
 from bganhash.registry import HASHERS, create_hasher, hasher_name
 
@@ -100,8 +101,12 @@ def build_collection(
             summary = BuildSummary(path=str(out), generation=state.generation + 1, n_images=0, added=0, removed=0,
                                    unchanged=len(kept_rows), unreadable=[(str(p), str(r)) for p, r in unreadable],
                                    trained=trained, backend=state.backend)
-            write_generation(out, state, kept_rows, dataset, _encode(dataset, features, state), stamp_of, summary,
-                             config.thumbnail_size, new_model=previous is None, started=start)
+            if previous is None:
+                state.reducer = FeatureReducer.fit(features[_training_rows(len(features), config)])
+                state.vectors = np.empty((0, state.reducer.dimensions), np.float16)
+            write_generation(out, state, kept_rows, dataset, _encode(dataset, features, state),
+                             _vectors(features, state), stamp_of, summary, config.thumbnail_size,
+                             new_model=previous is None, started=start)
     except BaseException:
         if created:  # leave nothing behind when a first build fails before its manifest exists
             if not (out / MANIFEST_FILE).exists():
@@ -132,7 +137,7 @@ def _previous_state(out: Path, root: Path, update: bool, model: Any) -> State | 
             model_name=manifest["model"], created=manifest.get("created"), files=manifest["files"],
             ids=collection.ids, codes=collection.codes, paths=list(items["paths"]), stamps=list(items["stamps"]),
             thumbnails=[list(t) for t in items["thumbnails"]], segments=list(items["segments"]),
-            backend=collection.backend,
+            backend=collection.backend, reducer=collection.reducer, vectors=collection.vectors,
         )
     finally:
         collection.close()
@@ -189,9 +194,7 @@ def _readable_dataset(root: Path, members: list[str]) -> tuple[Any, list[tuple[s
 
 def _train_hasher(dataset: Any, features: np.ndarray, state: State, config: BuildConfig, progress: bool) -> Hasher:
     """A hasher trained on (a random sample of at most max_train of) the new images' features."""
-    picked = np.arange(len(dataset))
-    if len(dataset) > config.max_train:
-        picked = np.sort(np.random.default_rng(config.seed).choice(len(dataset), config.max_train, replace=False))
+    picked = _training_rows(len(dataset), config)
     train, features = dataset.subset(picked), features[picked]
     state.method, state.n_bits = config.method, config.n_bits
     if config.method == "bgan":
@@ -212,6 +215,22 @@ def small_collection_neighbourhood(n_images: int) -> dict[str, int]:
     """
     k = max(3, min(50, n_images // 200))
     return {"k1": k, "k2": k}
+
+
+def _training_rows(n_images: int, config: BuildConfig) -> np.ndarray:
+    """The rows a hasher (and the re-ranking reducer) is fitted on: a random sample of at most max_train."""
+    if n_images <= config.max_train:
+        return np.arange(n_images)
+    return np.sort(np.random.default_rng(config.seed).choice(n_images, config.max_train, replace=False))
+
+
+def _vectors(features: np.ndarray | None, state: State) -> np.ndarray | None:
+    """The new images' compact features for re-ranking (None when the index keeps none)."""
+    if state.reducer is None:
+        return None
+    if features is None:
+        return np.empty((0, state.reducer.dimensions), np.float16)
+    return state.reducer.reduce(features)
 
 
 def _encode(dataset: Any, features: np.ndarray | None, state: State) -> np.ndarray:

@@ -30,6 +30,7 @@ from bganhash.collection.store import (
 )
 from bganhash.datasets.base import progress as progress_bar
 from bganhash.index import Index
+from bganhash.index.rerank import FeatureReducer
 
 __all__ = ["PAUSE_AFTER_ENV", "BuildSummary", "State", "make_thumbnail", "write_generation"]
 
@@ -79,11 +80,15 @@ class State:
     thumbnails: list[list[int]] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
     backend: str = "flat"
+    # the second search stage: compact features of the kept images and the reducer that made them (None for an
+    # index written before two-stage search, which keeps searching by Hamming distance alone)
+    reducer: FeatureReducer | None = None
+    vectors: np.ndarray | None = None
 
 
 def write_generation(out: Path, state: State, kept_rows: np.ndarray, dataset: Any, new_codes: np.ndarray,
-                     stamp_of: dict[str, str], summary: BuildSummary, thumbnail_size: int, new_model: bool,
-                     started: float) -> None:
+                     new_vectors: np.ndarray | None, stamp_of: dict[str, str], summary: BuildSummary,
+                     thumbnail_size: int, new_model: bool, started: float) -> None:
     """Write the next generation's files beside the current ones, then switch manifest.json to them;
     completes `summary` (counts, seconds), which is also the generation's report."""
     generation = summary.generation
@@ -106,8 +111,12 @@ def write_generation(out: Path, state: State, kept_rows: np.ndarray, dataset: An
     codes = np.ascontiguousarray(np.concatenate([old_codes, new_codes]), dtype=np.uint8)
     names = {"codes": f"codes-{generation:06d}.safetensors", "items": f"items-{generation:06d}.json",
              "report": f"report-{generation:06d}.json"}
+    arrays = {"codes": codes, "ids": ids.astype(np.int64)}
+    if state.reducer is not None:
+        arrays["vectors"] = np.ascontiguousarray(np.concatenate([state.vectors[kept_rows], new_vectors]))
+        arrays.update(state.reducer.arrays())
     with atomic_write(out / names["codes"]) as handle:
-        handle.write(safetensors.numpy.save({"codes": codes, "ids": ids.astype(np.int64)}))
+        handle.write(safetensors.numpy.save(arrays))
     after_file()
     if state.backend != "flat":  # an approximate backend's structure is built once here, not at every load
         index = Index(int(state.n_bits), state.backend)

@@ -19,6 +19,7 @@ from bganhash._validation import InputError
 from bganhash.collection.store import GENERATION_FILE, MANIFEST_FILE, WHAT, read_manifest, verify_files
 from bganhash.features.config import FeatureConfig
 from bganhash.index import Index
+from bganhash.index.rerank import DEFAULT_CANDIDATES, FeatureReducer, rerank
 from bganhash.pipeline import ImagePipeline
 from bganhash.registry import load_hasher
 
@@ -27,11 +28,13 @@ __all__ = ["Collection", "Match"]
 
 @dataclass
 class Match:
-    """One search result: the image's id in the collection, its path (relative to the root) and distance."""
+    """One search result: the image's id in the collection, its path (relative to the root), its Hamming
+    distance to the query, and the cosine similarity it was re-ranked by (None without the second stage)."""
 
     id: int
     path: str
     distance: int
+    score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -45,8 +48,11 @@ class Collection:
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], items: dict[str, Any], codes: np.ndarray,
-                 ids: np.ndarray, hasher: Any, index: Any = None) -> None:
+                 ids: np.ndarray, hasher: Any, index: Any = None, reducer: FeatureReducer | None = None,
+                 vectors: np.ndarray | None = None) -> None:
         self.path = path
+        self.reducer, self.vectors = reducer, vectors  # the second stage (None: an index from before it)
+        self.candidates = DEFAULT_CANDIDATES
         self.manifest = manifest
         self.generation = int(manifest["generation"])
         self.n_bits = int(manifest["n_bits"])
@@ -90,7 +96,13 @@ class Collection:
             index = Index.load(directory / manifest["index"])
             if index.n_bits != int(manifest["n_bits"]) or not np.array_equal(index.ids, ids):
                 raise InputError(f"{directory} is inconsistent: {manifest['index']} does not hold the codes' ids")
-        return cls(directory, manifest, items, codes, ids.astype(np.int64), hasher, index)
+        reducer, vectors = None, arrays.get("vectors")
+        if vectors is not None:
+            reducer = FeatureReducer.from_arrays(arrays, str(directory / manifest["codes"]))
+            if vectors.shape != (len(ids), reducer.dimensions):
+                raise InputError(f"{directory} is inconsistent: {vectors.shape[0]} stored feature rows for "
+                                 f"{len(ids)} images")
+        return cls(directory, manifest, items, codes, ids.astype(np.int64), hasher, index, reducer, vectors)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -118,24 +130,58 @@ class Collection:
         """Codes (n, n_bits) int8 of decoded (H, W, 3) uint8 images, through the collection's pipeline."""
         return self.pipeline.encode_images(images)
 
+    @property
+    def reranked(self) -> bool:
+        """Whether searches re-rank Hamming candidates by cosine similarity (indexes written since two-stage
+        search store the compact features it needs; older ones search by Hamming distance alone)."""
+        return self.vectors is not None
+
     def search_codes(self, codes: np.ndarray, k: int) -> list[list[Match]]:
         """The k nearest indexed images of each {-1,+1} code row by Hamming distance (ties: index order)."""
         return self._matches(*self.index.search(codes, k))
 
-    def _matches(self, distances: np.ndarray, ids: np.ndarray) -> list[list[Match]]:
+    def _matches(self, distances: np.ndarray, ids: np.ndarray, scores: np.ndarray | None = None) -> list[list[Match]]:
+        scores = np.full(ids.shape, np.nan) if scores is None else scores
         return [
-            [Match(int(i), self.paths[self._row_of_id[int(i)]], int(d)) for d, i in zip(row_d, row_i) if i >= 0]
-            for row_d, row_i in zip(distances, ids)
+            [Match(int(i), self.paths[self._row_of_id[int(i)]], int(d), None if np.isnan(s) else round(float(s), 6))
+             for d, i, s in zip(row_d, row_i, row_s) if i >= 0]
+            for row_d, row_i, row_s in zip(distances, ids, scores)
         ]
 
+    def encode_queries(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """What a search needs of decoded query images: their codes, and their compact features when the
+        index re-ranks (None otherwise). The backbone runs once per image."""
+        if not self.reranked:
+            return self.encode_images(images), None
+        features = self.pipeline.features_of_images(images)
+        codes = self.encode_images(images) if self.pipeline.encodes_pixels else self.pipeline.encode_features(features)
+        return codes, self.reducer.reduce(features)
+
+    def search_encoded(self, codes: np.ndarray, vectors: np.ndarray | None, k: int) -> list[list[Match]]:
+        """Search with what `encode_queries` returned: the `candidates` nearest codes re-ranked by cosine
+        similarity of the compact features, or the k nearest codes by Hamming distance without them."""
+        if vectors is None:
+            return self.search_codes(codes, k)
+        return self._reranked(self.index.search(codes, max(k, self.candidates)), vectors, k)
+
     def search_images(self, images: Sequence[np.ndarray], k: int = 10) -> list[list[Match]]:
-        """The k nearest indexed images of each decoded query image."""
-        return self.search_codes(self.encode_images(images), k)
+        """The k nearest indexed images of each decoded query image (two stages when the index has features)."""
+        return self.search_encoded(*self.encode_queries(images), k)
 
     def search_ids(self, ids: Sequence[int], k: int = 10) -> list[list[Match]]:
         """The k nearest indexed images of images already in the collection (each finds itself first)."""
         rows = [self.row_of(i) for i in ids]
-        return self._matches(*self.index.search_packed(self.codes[rows], k))
+        if not self.reranked:
+            return self._matches(*self.index.search_packed(self.codes[rows], k))
+        candidates = self.index.search_packed(self.codes[rows], max(k, self.candidates))
+        return self._reranked(candidates, self.vectors[rows], k)
+
+    def _reranked(self, candidates: tuple[np.ndarray, np.ndarray], query_vectors: np.ndarray,
+                  k: int) -> list[list[Match]]:
+        def vectors_of(ids: np.ndarray) -> np.ndarray:
+            return self.vectors[[self._row_of_id[int(i)] for i in ids]]
+
+        return self._matches(*rerank(*candidates, query_vectors, vectors_of, k))
 
     # ---- per-image access ------------------------------------------------------------------------
 

@@ -115,16 +115,16 @@ class SearchService:
             image = decode_query(data, max_pixels=self.max_pixels, max_bytes=self.max_upload_bytes,
                                  min_side=self.collection.feature_config.image_size)
         decoded = time.perf_counter()
-        codes = self.encode([image])
+        codes, vectors = self.encode([image])
         encoded = time.perf_counter()
-        matches = self.collection.search_codes(codes, k)[0]
+        matches = self.collection.search_encoded(codes, vectors, k)[0]
         timings = {"decode": decoded - started, "encode": encoded - decoded, "search": time.perf_counter() - encoded}
         return self.answer({"upload": {"bytes": len(data), "width": image.shape[1], "height": image.shape[0]}},
                            k, matches, timings)
 
-    def encode(self, images: list[np.ndarray]) -> np.ndarray:
-        """Codes of decoded images, computed on the backbone thread."""
-        return self.backbone_thread.submit(self.collection.encode_images, images).result()
+    def encode(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Codes (and compact features, for re-ranking) of decoded images, computed on the backbone thread."""
+        return self.backbone_thread.submit(self.collection.encode_queries, images).result()
 
     def search_id(self, image_id: int, k: int) -> dict[str, Any]:
         """Search by the stored code of an indexed image."""

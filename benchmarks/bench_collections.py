@@ -1,0 +1,101 @@
+"""Search quality on collections drawn from CIFAR-10's training folder: Hamming only against two-stage search.
+
+Collections of N training images (500 other training images are the queries), the default features
+(EfficientNet-Lite0 at 224 px, from the feature cache), hashers trained as `bganhash index` trains them
+(ITQ; BGAN with the collection's K), 64 bits. For each: precision@10 by class and mAP@all of the Hamming
+ranking (ties by insertion order), precision@10 after re-ranking the C nearest codes by cosine similarity of
+the stored compact features (d float16 values per image, as collections store them), exhaustive cosine
+search on the full features, and the number of distinct codes.
+
+    python benchmarks/bench_collections.py --sizes 300 2000 10000
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from _common import CIFAR10_ZIP, make_parser, results_path, write_results
+from bganhash.bgan.estimator import BGANHasher
+from bganhash.collection import small_collection_neighbourhood
+from bganhash.datasets import load_dataset
+from bganhash.features.extract import extract_features
+from bganhash.features.transforms import transform_features
+from bganhash.hashers import ITQ
+from bganhash.index import Index
+from bganhash.index.rerank import FeatureReducer, rerank
+from bganhash.metrics import mean_average_precision
+
+
+def precision_at_10(ranked_ids: np.ndarray, query_labels: np.ndarray, labels: np.ndarray) -> float:
+    return float((labels[ranked_ids[:, :10]] == query_labels[:, None]).mean())
+
+
+def hasher_for(method: str, n_bits: int, n_images: int):
+    if method == "itq":
+        return ITQ(n_bits, random_state=0)
+    return BGANHasher(n_bits, random_state=0, **small_collection_neighbourhood(n_images))
+
+
+def evaluate(method, n_bits, features, images, labels, collection, queries, dimensions, candidates) -> dict:
+    started = time.perf_counter()
+    hasher = hasher_for(method, n_bits, len(collection))
+    fit = {"images": images[collection]} if method == "bgan" else {}
+    hasher.fit(features[collection], **fit, **({"progress": False} if method == "bgan" else {}))
+    seconds = time.perf_counter() - started
+    codes, query_codes = hasher.encode(features[collection]), hasher.encode(features[queries])
+    index = Index(n_bits)
+    index.add(codes)
+    collection_labels, query_labels = labels[collection], labels[queries]
+    distances, ranked = index.search(query_codes, max(candidates))
+    row = {"method": method, "n_images": len(collection), "bits": n_bits, "fit_s": round(seconds, 1),
+           "distinct_codes": int(len(np.unique(codes, axis=0))),
+           "p10_hamming": precision_at_10(ranked, query_labels, collection_labels),
+           "map_all_hamming": float(mean_average_precision(query_codes, codes, query_labels, collection_labels))}
+    for d in dimensions:
+        reducer = FeatureReducer.fit(features[collection], d)
+        stored, reduced_queries = reducer.reduce(features[collection]), reducer.reduce(features[queries])
+        for c in candidates:
+            _, reranked, _ = rerank(distances[:, :c], ranked[:, :c], reduced_queries, stored.__getitem__, 10)
+            row[f"p10_rerank_d{d}_c{c}"] = precision_at_10(reranked, query_labels, collection_labels)
+    return row
+
+
+def main() -> None:
+    parser = make_parser(__doc__, results_path("collections"))
+    parser.add_argument("--data", default=CIFAR10_ZIP)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[300, 2000, 10000])
+    parser.add_argument("--bits", type=int, nargs="+", default=[64])
+    parser.add_argument("--methods", nargs="+", default=["itq", "bgan"])
+    parser.add_argument("--dimensions", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--candidates", type=int, nargs="+", default=[50, 200, 1000])
+    parser.add_argument("--queries", type=int, default=500)
+    args = parser.parse_args()
+
+    dataset = load_dataset("cifar10", args.data)
+    features = extract_features(dataset)
+    training = np.flatnonzero([location.startswith("train/") for location in dataset.locations])
+    order = np.random.default_rng(0).permutation(training)
+    queries, pool = order[: args.queries], order[args.queries:]
+    labels = dataset.labels
+    images = dataset.to_array(size=32)
+    rows = []
+    for n_images in args.sizes:
+        collection = np.sort(pool[:n_images])
+        unit = transform_features(features[collection], "l2")
+        exhaustive = np.argsort(-(transform_features(features[queries], "l2") @ unit.T), axis=1, kind="stable")
+        exhaustive_p10 = precision_at_10(exhaustive, labels[queries], labels[collection])
+        for n_bits in args.bits:
+            for method in args.methods:
+                row = evaluate(method, n_bits, features, images, labels, collection, queries, args.dimensions,
+                               args.candidates)
+                row["p10_exhaustive_cosine"] = exhaustive_p10
+                rows.append(row)
+                print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    write_results(args.output, {"rows": rows, "queries": args.queries, "seed": 0,
+                                "data": "CIFAR-10 (JPEG copy), training folder only"})
+
+
+if __name__ == "__main__":
+    main()
