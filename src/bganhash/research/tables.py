@@ -95,22 +95,32 @@ def _pair_header(first: str, bits: list[int]) -> list[str]:
     return [first] + [f"{b} bits ({who})" for b in bits for who in ("ours", "paper")]
 
 
+def _paired_rows(results: dict, experiment: str, variants, bits: list[int], published, *, name, ours,
+                 record) -> tuple[list[list[str]], dict]:
+    """An ablation table's rows (each variant's cell then the paper's, per bit length) and its numbers."""
+    rows, numbers = [], {}
+    for row in variants:
+        cells, numbers[row] = [name(row)], {}
+        for b in bits:
+            result = results.get((experiment, row, b))
+            value = None if published is None else published.value(row, b)
+            instead = None if published is None else published.instead.get(row)
+            cells += [ours(row, result), instead or _fmt(value)]
+            numbers[row][str(b)] = record(result, value)
+        rows.append(cells)
+    return rows, numbers
+
+
 def table2(doc: Document, results: dict, dataset: str, info: dict) -> dict:
     bits = bits_done(results, "table2")
     published = paper.published(dataset, "table2")
     doc.heading(2, "Table 2: loss components (mAP@all)")
-    rows, numbers = [], {}
-    for row in TABLE2_VARIANTS:
-        cells, numbers[row] = [" + ".join(LOSS_NAMES[part] for part in row.split("+"))], {}
-        for b in bits:
-            result = results.get(("table2", row, b))
-            value = None if published is None else published.value(row, b)
-            instead = None if published is None else published.instead.get(row)
-            cells += [_table2_ours(row, result), instead or _fmt(value)]
-            numbers[row][str(b)] = None if result is None else {
-                "map": result["map"], "distinct_codes": result["distinct_codes"], "n_database": result["n_database"],
-                "paper": value}
-        rows.append(cells)
+    rows, numbers = _paired_rows(
+        results, "table2", TABLE2_VARIANTS, bits, published,
+        name=lambda row: " + ".join(LOSS_NAMES[part] for part in row.split("+")), ours=_table2_ours,
+        record=lambda result, value: None if result is None else {
+            "map": result["map"], "distinct_codes": result["distinct_codes"], "n_database": result["n_database"],
+            "paper": value})
     doc.table(_pair_header("Losses", bits), rows)
     doc.paragraph("Rows without ℓN have no term tying codes to image similarity: the paper reports them as "
                   "collapsed (\"–\"); we train them and show the measured collapse, the number of distinct codes "
@@ -147,15 +157,10 @@ def table4(doc: Document, results: dict, dataset: str, info: dict) -> dict:
     bits = bits_done(results, "table4")
     published = paper.published(dataset, "table4")
     doc.heading(2, "Table 4: sign approximation (mAP@all)")
-    rows, numbers = [], {}
-    for row in TABLE4_VARIANTS:
-        cells, numbers[row] = [TABLE4_NAMES[row]], {}
-        for b in bits:
-            result = results.get(("table4", row, b))
-            value = None if published is None else published.value(row, b)
-            cells += [_fmt(result["map"]) if result else "not run", _fmt(value)]
-            numbers[row][str(b)] = {"map": result["map"] if result else None, "paper": value}
-        rows.append(cells)
+    rows, numbers = _paired_rows(
+        results, "table4", TABLE4_VARIANTS, bits, published, name=TABLE4_NAMES.__getitem__,
+        ours=lambda row, result: _fmt(result["map"]) if result else "not run",
+        record=lambda result, value: {"map": result["map"] if result else None, "paper": value})
     doc.table(_pair_header("Activation", bits), rows)
     doc.paragraph("two-step: trained with a fixed smooth activation, sign applied only afterwards; app and tanh: "
                   "β raised stage by stage (continuation)." + _paper_note(dataset, "table4"))
