@@ -26,7 +26,7 @@ from bganhash.collection import (
     QueryImageError,
     build_collection,
     decode_query,
-    small_collection_neighbourhood,
+    small_collection_neighborhood,
 )
 from bganhash.features.config import FeatureConfig
 from bganhash.registry import load_hasher
@@ -417,8 +417,8 @@ def test_a_bgan_index_trains_saves_and_searches(tmp_path):
 
 
 @pytest.mark.parametrize("n_images, k", [(40, 3), (1_000, 5), (10_000, 50), (59_000, 50)])
-def test_bgan_neighbourhood_shrinks_with_small_collections(n_images, k):
-    assert small_collection_neighbourhood(n_images) == {"k1": k, "k2": k}
+def test_bgan_neighborhood_shrinks_with_small_collections(n_images, k):
+    assert small_collection_neighborhood(n_images) == {"k1": k, "k2": k}
 
 
 @pytest.mark.slow

@@ -14,9 +14,9 @@ from bganhash.research.tables import table_markdown, write_results
 
 def clustered_protocol(rng, n_per_class=60, n_classes=6, dim=32) -> ProtocolData:
     """Well-separated Gaussian clusters with a 10-per-class query split."""
-    centres = rng.normal(size=(n_classes, dim)) * 4
+    centers = rng.normal(size=(n_classes, dim)) * 4
     labels = np.repeat(np.arange(n_classes), n_per_class)
-    features = (centres[labels] + rng.normal(size=(len(labels), dim))).astype(np.float32)
+    features = (centers[labels] + rng.normal(size=(len(labels), dim))).astype(np.float32)
     query = np.concatenate([np.flatnonzero(labels == c)[:10] for c in range(n_classes)])
     database = np.setdiff1d(np.arange(len(labels)), query)
     split = SimpleNamespace(query=query, train=database, database=database, protocol="test")

@@ -30,17 +30,17 @@ ALL_BACKENDS = [
 ]
 
 
-def clustered_codes(rng, n, n_bits, centres, flip=0.08):
+def clustered_codes(rng, n, n_bits, centers, flip=0.08):
     """{-1,+1} codes: a random centre each, every bit flipped with probability `flip`."""
-    picked = centres[rng.integers(0, len(centres), size=n)]
+    picked = centers[rng.integers(0, len(centers), size=n)]
     return np.where(rng.random((n, n_bits)) < flip, -picked, picked).astype(np.int8)
 
 
 @pytest.fixture
 def problem(rng):
     """2,000 clustered 64-bit database codes, 100 queries from the same clusters, the exact top 10."""
-    centres = np.where(rng.random((30, 64)) < 0.5, -1, 1)
-    database, queries = clustered_codes(rng, 2000, 64, centres), clustered_codes(rng, 100, 64, centres)
+    centers = np.where(rng.random((30, 64)) < 0.5, -1, 1)
+    database, queries = clustered_codes(rng, 2000, 64, centers), clustered_codes(rng, 100, 64, centers)
     exact = Index(64, "flat,engine=numpy")
     exact.add(database, ids=np.arange(2000) * 7 + 3)
     return database, queries, exact.search(queries, 10)
@@ -279,8 +279,8 @@ def test_ivf_needs_as_many_first_codes_as_lists_and_keeps_its_centroids_when_reb
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("n_bits", [12, 64])
 def test_every_backend_round_trips_through_save_and_load_with_its_ids(tmp_path, rng, backend, n_bits):
-    centres = np.where(rng.random((10, n_bits)) < 0.5, -1, 1)
-    database, queries = clustered_codes(rng, 400, n_bits, centres), clustered_codes(rng, 20, n_bits, centres)
+    centers = np.where(rng.random((10, n_bits)) < 0.5, -1, 1)
+    database, queries = clustered_codes(rng, 400, n_bits, centers), clustered_codes(rng, 20, n_bits, centers)
     ids = rng.permutation(10_000)[:400]
     index = Index(n_bits, backend)
     index.add(database[:300], ids[:300])

@@ -30,7 +30,7 @@ from bganhash.index.rerank import FeatureReducer
 from bganhash.pipeline import ImagePipeline
 from bganhash.registry import HASHERS, create_hasher, hasher_name
 
-__all__ = ["BuildConfig", "build_collection", "small_collection_neighbourhood"]
+__all__ = ["BuildConfig", "build_collection", "small_collection_neighborhood"]
 
 
 @dataclass
@@ -200,13 +200,13 @@ def _train_hasher(dataset: Any, features: np.ndarray, state: State, config: Buil
     if config.method == "bgan":
         from bganhash.bgan.estimator import BGANHasher  # loads torch
 
-        params = {**small_collection_neighbourhood(len(train)), **config.hasher_params}
+        params = {**small_collection_neighborhood(len(train)), **config.hasher_params}
         hasher = BGANHasher(config.n_bits, random_state=config.seed, feature_config=state.feature_config, **params)
         return hasher.fit(features, images=train.to_array(size=32), progress=progress)
     return create_hasher(config.method, config.n_bits, random_state=config.seed, **config.hasher_params).fit(features)
 
 
-def small_collection_neighbourhood(n_images: int) -> dict[str, int]:
+def small_collection_neighborhood(n_images: int) -> dict[str, int]:
     """BGAN's K1 = K2 for a collection of n images: 50 (the measured best) at 10,000 images, fewer below.
 
     K1 = K2 = 50 gives about 1,000 positives per image; in a collection of a few hundred images that is every
