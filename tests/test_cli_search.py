@@ -69,10 +69,12 @@ def test_index_prints_a_summary_and_lists_unreadable_files(cli, photos, tmp_path
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["n_images"], summary["added"], summary["generation"]) == (12, 12, 1)
+    assert summary["trained"] and summary["trained_on"] == 12 and summary["n_bits"] > 0 and summary["method"]
+    assert 0 < summary["distinct_codes"] <= 12 and len(summary["bit_balance"]) == 2
     assert [entry["path"] for entry in summary["unreadable"]] == ["corrupt.png"]
     text = run(cli, "index", photos, "--out", out, "--update")
     assert text.exit_code == 0 and "12 images (0 added, 0 removed, 12 unchanged)" in text.stdout
-    assert "corrupt.png" in text.stdout
+    assert "corrupt.png" in text.stdout and "kept its" in text.stdout and "distinct for 12 images" in text.stdout
 
 
 def test_search_finds_an_indexed_image_first(cli, shared):

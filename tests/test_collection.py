@@ -22,6 +22,7 @@ from bganhash.collection import (
     MANIFEST_FILE,
     PAUSE_AFTER_ENV,
     BuildConfig,
+    BuildSummary,
     Collection,
     QueryImageError,
     build_collection,
@@ -484,3 +485,16 @@ def test_a_malformed_backend_is_refused_before_any_work(photos, tmp_path):
     with pytest.raises(InputError, match="unknown kind 'annoy'"):
         build_with_backend(photos, tmp_path / "x.index", "annoy")
     assert not (tmp_path / "x.index").exists()
+
+
+def test_the_build_summary_checks_the_codes_without_labels():
+    from bganhash.collection.generation import _check_codes
+
+    summary = BuildSummary(path="x", generation=1, n_images=4, added=4, removed=0, unchanged=0, n_bits=12)
+    _check_codes(np.packbits(np.array([[1] * 6 + [0] * 6] * 4 + [[0] * 12]), axis=1), summary)
+    assert summary.distinct_codes == 2 and summary.bit_balance == (0.0, 0.8)
+    assert any("collapse: 2 distinct codes for 5 images" in w for w in summary.warnings)
+    assert any("6 of 12 bits are the same for every image" in w for w in summary.warnings)
+    healthy = BuildSummary(path="x", generation=1, n_images=4, added=4, removed=0, unchanged=0, n_bits=2)
+    _check_codes(np.packbits(np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), axis=1), healthy)
+    assert healthy.distinct_codes == 4 and healthy.bit_balance == (0.5, 0.5) and not healthy.warnings

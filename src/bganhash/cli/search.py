@@ -60,12 +60,19 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
     summary = build_collection(photos, out, model=model, config=config, update=update, feature_config=features)
     unreadable = "".join(f"\n  unreadable: {path} ({reason})" for path, reason in summary.unreadable[:10])
     more = len(summary.unreadable) - 10
+    hasher_text = (f"trained {summary.method} ({summary.n_bits} bits) on {summary.trained_on} images" if summary.trained
+                   else f"kept its {summary.method} model ({summary.n_bits} bits)" if summary.generation > 1
+                   else f"used the given {summary.method} model ({summary.n_bits} bits)")
+    low, high = summary.bit_balance
+    quality = (f"\n  codes: {summary.distinct_codes} distinct for {summary.n_images} images; each bit is set for "
+               f"{low:.0%}-{high:.0%} of them" + "".join(f"\n  warning: {w}" for w in summary.warnings))
     text = (f"{out}: {summary.n_images} images ({summary.added} added, {summary.removed} removed, "
-            f"{summary.unchanged} unchanged) in {summary.seconds:.1f} s; "
+            f"{summary.unchanged} unchanged) in {summary.seconds:.1f} s; {hasher_text}; "
             + (f"backend {summary.backend}; " if summary.backend != "flat" else "") +
             f"{len(summary.unreadable)} unreadable file(s)" + unreadable
             + (f"\n  ... and {more} more" if more > 0 else "")
-            + (f"\n  the full list is in {out}/report-{summary.generation:06d}.json" if summary.unreadable else ""))
+            + (f"\n  the full list is in {out}/report-{summary.generation:06d}.json" if summary.unreadable else "")
+            + quality)
     emit(summary.to_dict(), as_json, text)
 
 

@@ -100,7 +100,8 @@ def build_collection(
                 state.hasher = _train_hasher(dataset, features, state, config, progress)
             summary = BuildSummary(path=str(out), generation=state.generation + 1, n_images=0, added=0, removed=0,
                                    unchanged=len(kept_rows), unreadable=[(str(p), str(r)) for p, r in unreadable],
-                                   trained=trained, backend=state.backend)
+                                   trained=trained, backend=state.backend,
+                                   trained_on=min(len(dataset), config.max_train) if trained else 0)
             if previous is None:
                 state.reducer = FeatureReducer.fit(features[_training_rows(len(features), config)])
                 state.vectors = np.empty((0, state.reducer.dimensions), np.float16)

@@ -52,6 +52,12 @@ class BuildSummary:
     trained: bool = False
     seconds: float = 0.0
     backend: str = "flat"
+    method: str = ""
+    n_bits: int = 0
+    trained_on: int = 0  # images the hasher was fitted on (0: an existing or given model)
+    distinct_codes: int = 0
+    bit_balance: tuple[float, float] = (0.0, 0.0)  # the least and the most often set bit: fraction of 1s
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         document = dataclasses.asdict(self)
@@ -133,6 +139,8 @@ def write_generation(out: Path, state: State, kept_rows: np.ndarray, dataset: An
     })
     after_file()
     summary.n_images, summary.added, summary.removed = len(ids), len(members), len(state.ids) - len(kept_rows)
+    summary.method, summary.n_bits = state.method, int(state.n_bits)
+    _check_codes(codes, summary)
     summary.seconds = round(time.perf_counter() - started, 2)
     write_json(out / names["report"], summary.to_dict())
     after_file()
@@ -143,6 +151,24 @@ def write_generation(out: Path, state: State, kept_rows: np.ndarray, dataset: An
                          next_id=int(state.next_id + len(members)), n_images=len(ids))
     write_json(out / MANIFEST_FILE, manifest)  # the switch: one atomic rename
     collect_garbage(out, keep=set(files))
+
+
+COLLAPSE_WARNING_BELOW = 0.5  # distinct codes per image under which an index warns that its codes collapse
+
+
+def _check_codes(codes: np.ndarray, summary: BuildSummary) -> None:
+    """A label-free check of the codes: how many are distinct, how balanced the bits are; warnings when they
+    collapse (many images sharing few codes rank each other in insertion order)."""
+    summary.distinct_codes = int(len(np.unique(codes, axis=0))) if len(codes) else 0
+    ones = np.unpackbits(codes, axis=1)[:, : summary.n_bits].mean(axis=0) if len(codes) else np.zeros(1)
+    summary.bit_balance = (round(float(ones.min()), 3), round(float(ones.max()), 3))
+    if len(codes) and summary.distinct_codes < COLLAPSE_WARNING_BELOW * len(codes):
+        summary.warnings.append(
+            f"the codes collapse: {summary.distinct_codes:,} distinct codes for {len(codes):,} images; search "
+            "re-ranks candidates by feature similarity, but consider --method itq or more --bits")
+    dead = int(((ones == 0) | (ones == 1)).sum())
+    if dead:
+        summary.warnings.append(f"{dead} of {summary.n_bits} bits are the same for every image")
 
 
 def _kept_thumbnails(state: State, kept_rows: np.ndarray) -> tuple[list[str], list[list[int]]]:
