@@ -52,3 +52,10 @@ def test_no_import_cycles():
     result = subprocess.run([sys.executable, str(CYCLES_TOOL), "src", "bganhash"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
+
+
+def test_loading_a_saved_baseline_loads_no_torch(tmp_path):
+    code = (f"import numpy as np\nfrom bganhash.hashers import ITQ\n"
+            f"ITQ(8, random_state=0).fit(np.random.default_rng(0).normal(size=(50, 16))).save({str(tmp_path)!r})\n"
+            f"from bganhash.registry import load_hasher\nassert type(load_hasher({str(tmp_path)!r})).__name__ == 'ITQ'")
+    assert not loads_torch(code)

@@ -12,6 +12,7 @@ from typing import Any
 
 from bganhash._validation import InputError
 from bganhash.hashers import ITQ, LSH, PCAH, SH, Hasher, SphericalHashing
+from bganhash.hashers.base import saved_class_is_loaded
 
 BASELINE_CLASSES: dict[str, type[Hasher]] = {cls.name: cls for cls in (LSH, PCAH, ITQ, SH, SphericalHashing)}
 BASELINES: tuple[str, ...] = tuple(BASELINE_CLASSES)
@@ -59,7 +60,8 @@ def load_hasher(path: str | os.PathLike, expected: str | None = None) -> Hasher:
     if not directory.is_dir():
         raise InputError(f"no saved model at {directory}: pass the directory that `bganhash train --out` "
                          "or a hasher's save() wrote")
-    hasher_class("bgan")  # BGANHasher registers itself with the loader when imported
+    if not saved_class_is_loaded(directory):
+        hasher_class("bgan")  # BGANHasher (torch) registers itself with the loader when imported
     hasher = Hasher.load(directory)
     if expected is not None and hasher_name(hasher) != expected:
         raise InputError(f"{directory} holds a {type(hasher).__name__}, but {expected!r} was expected")

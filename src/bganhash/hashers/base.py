@@ -178,6 +178,11 @@ def _check_random_state(random_state: Any) -> None:
         check_positive_int(random_state, "random_state", minimum=0)
 
 
+def saved_class_is_loaded(path: str | os.PathLike) -> bool:
+    """Whether the class of the hasher saved in directory `path` has been imported (and so registered)."""
+    return _read_metadata(Path(path) / METADATA_FILE).get("class") in _REGISTERED_CLASSES
+
+
 def _read_metadata(path: Path) -> dict[str, Any]:
     """The JSON half of a saved hasher, checked for our format name and a known version."""
     return read_versioned_json(path, FORMAT_NAME, FORMAT_VERSION, "a saved bganhash hasher")
@@ -185,7 +190,7 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 
 def _resolve_class(name: Any, directory: Path) -> type[Hasher]:
     """The Hasher subclass called `name` (every subclass registers itself when its module is imported;
-    `bganhash.registry.load_hasher` imports them all)."""
+    `bganhash.registry.load_hasher` imports BGAN's when the saved class is not yet known)."""
     if name not in _REGISTERED_CLASSES:
         known = ", ".join(sorted(_REGISTERED_CLASSES))
         raise InputError(f"{directory} holds an unknown hasher class {name!r}; known classes: {known}")
