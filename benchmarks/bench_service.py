@@ -73,10 +73,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(index: Path, port: int, threads: int) -> subprocess.Popen:
+def start_server(index: Path, port: int, threads: int, runtime: str | None = None) -> subprocess.Popen:
+    """The service on 127.0.0.1:port in a subprocess; `runtime` forces the backbone's runtime (e.g. torch)."""
     code = ("import sys; from bganhash.serve.app import serve; "
             "serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]), torch_threads=int(sys.argv[3]), log_level='warning')")
-    process = subprocess.Popen([sys.executable, "-c", code, str(index), str(port), str(threads)])
+    env = {**os.environ, **({"BGANHASH_RUNTIME": runtime} if runtime else {})}
+    process = subprocess.Popen([sys.executable, "-c", code, str(index), str(port), str(threads)], env=env)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -159,17 +161,15 @@ def time_upload_parts(index: Path, queries: list[Path], repeats: int) -> dict:
     Each part runs over all the queries (one image at a time) before the next part starts, so that one
     library's idle worker threads (torch's OpenMP team, BLAS) do not slow down the part measured after it.
     """
-    import torch
-
     from bganhash.collection import Collection, decode_query
 
-    torch.set_num_threads(min(4, os.cpu_count() or 1))
     with Collection.load(index) as collection:
         size = collection.feature_config.image_size
-        collection.extract_features([np.zeros((32, 32, 3), np.uint8)])
+        extract = collection.pipeline.features_of_images
+        extract([np.zeros((32, 32, 3), np.uint8)])
         data = [path.read_bytes() for path in queries[:repeats]]
         images, decode = _timed(lambda blob: decode_query(blob, min_side=size), data)
-        features, backbone = _timed(lambda image: collection.extract_features([image]), images)
+        features, backbone = _timed(lambda image: extract([image]), images)
         codes, hasher = _timed(collection.hasher.encode, features)
         _, search = _timed(lambda code: collection.search_codes(code, 10), codes)
     medians = {name: round(float(np.median(ms)), 3)
@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="Torch threads of the server.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-eager", action="store_true",
+                        help="Also time one uploading client against a server on eager PyTorch "
+                             "(BGANHASH_RUNTIME=torch).")
     parser.add_argument("--build-only", action="store_true", help="Prepare the images and the index, then stop.")
     parser.add_argument("--index", type=Path, default=None,
                         help="Benchmark this existing index instead (with --queries: a folder of query images).")
@@ -228,6 +231,23 @@ def main() -> None:
     payloads = [(path.name, path.read_bytes()) for path in queries]
     n_images = built["n_images"]
 
+    single_upload = {}
+    bodies = [multipart(name, data) for name, data in payloads]
+
+    def upload_request(rng: random.Random) -> tuple[str, bytes, str]:
+        return (f"/search?k={args.k}", *bodies[rng.randrange(len(bodies))])
+
+    for runtime in (["torch"] if args.compare_eager else []) + [None]:  # eager PyTorch before, the runtime after
+        port = free_port()
+        server = start_server(index, port, args.threads, runtime)
+        try:
+            single_upload[runtime or "default"] = load_test(port, 1, args.upload_duration, upload_request, args.seed)
+            print(f"one client uploading ({runtime or 'default runtime'}): {single_upload[runtime or 'default']}",
+                  flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
     port = free_port()
     server = start_server(index, port, args.threads)
     url = f"http://127.0.0.1:{port}"
@@ -237,11 +257,6 @@ def main() -> None:
 
         by_id = load_test(port, args.clients, args.duration, by_id_request, args.seed)
         print(f"by id: {by_id}", flush=True)
-        bodies = [multipart(name, data) for name, data in payloads]
-
-        def upload_request(rng: random.Random) -> tuple[str, bytes, str]:
-            return (f"/search?k={args.k}", *bodies[rng.randrange(len(bodies))])
-
         by_upload = load_test(port, args.upload_clients, args.upload_duration, upload_request, args.seed)
         print(f"by upload: {by_upload}", flush=True)
         health = json.loads(urllib.request.urlopen(f"{url}/health", timeout=10).read())
@@ -253,7 +268,8 @@ def main() -> None:
     write_results(args.out, {
         "benchmark": "service", "dataset": "CIFAR-10 (JPEG copy), protocol database (59,000) and queries (1,000)",
         "index": built, "k": args.k, "server_torch_threads": args.threads, "http_parser": _http_parser(),
-        "by_id": by_id, "by_upload": by_upload, "upload_parts_ms": parts, "server_alive_after": health["status"],
+        "by_id": by_id, "by_upload": by_upload, "one_client_upload": single_upload, "upload_parts_ms": parts,
+        "server_alive_after": health["status"],
     })
 
 

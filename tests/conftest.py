@@ -33,10 +33,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="session")
+def _runtime_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("bganhash-runtimes")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep feature caches written by tests out of the user's home cache."""
+def _isolated_cache(tmp_path_factory, monkeypatch, _runtime_cache):
+    """Keep feature caches written by tests out of the user's home cache; exported backbones (derived
+    from the weights alone) are shared by the whole session."""
     monkeypatch.setenv("BGANHASH_CACHE", str(tmp_path_factory.mktemp("bganhash-cache")))
+    monkeypatch.setenv("BGANHASH_RUNTIME_CACHE", str(_runtime_cache))
 
 
 @pytest.fixture

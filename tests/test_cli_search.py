@@ -77,26 +77,37 @@ def test_index_prints_a_summary_and_lists_unreadable_files(cli, photos, tmp_path
     assert "corrupt.png" in text.stdout and "kept its" in text.stdout and "distinct for 12 images" in text.stdout
 
 
+def json_lines(result) -> list[dict]:
+    """The records of a --json search: one JSON object per line."""
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
 def test_search_finds_an_indexed_image_first(cli, shared):
     photos, indexed = shared
-    result = run(cli, "search", indexed, photos / "trip" / "img04.jpg", "-k", "3", "--json")
-    assert result.exit_code == 0, result.output
-    document = json.loads(result.stdout)
-    matches = document["queries"][0]["results"]
+    [record] = json_lines(run(cli, "search", indexed, photos / "trip" / "img04.jpg", "-k", "3", "--json"))
+    matches = record["results"]
     assert len(matches) == 3 and matches[0]["path"] == "trip/img04.jpg" and matches[0]["distance"] == 0
+    assert [m["rank"] for m in matches] == [1, 2, 3] and record["root"] == str(photos.resolve())
+    assert Path(matches[0]["file"]) == (photos / "trip" / "img04.jpg").resolve() and record["n_bits"] == 16
     text = run(cli, "search", indexed, photos / "trip" / "img04.jpg", "-k", "2").stdout.splitlines()
-    assert text[0].endswith("img04.jpg") and "hamming" in text[1] and "cosine" in text[1] and str(photos) in text[1]
-    assert "trip/img04.jpg" in text[2] and "1.000" in text[2] and len(text) == 4
+    legend, name, header, first = text[:4]
+    assert f"images under {photos.resolve()}" in legend and "hamming = bits of the 16-bit code" in legend
+    assert "cosine = similarity" in legend
+    assert name.endswith("img04.jpg") and "hamming" in header and "cosine" in header and str(photos) in header
+    assert "trip/img04.jpg" in first and "1.000" in first and len(text) == 5
+    absolute = run(cli, "search", indexed, photos / "trip" / "img04.jpg", "-k", "1", "--absolute").stdout
+    assert "full path" in absolute and str((photos / "trip" / "img04.jpg").resolve()) in absolute
 
 
 def test_a_folder_query_searches_each_image_and_skips_bad_ones(cli, shared):
     photos, indexed = shared
-    result = run(cli, "search", indexed, photos / "trip", "-k", "1", "--json")
-    document = json.loads(result.stdout)
-    assert len(document["queries"]) == 8
-    assert all(q["results"][0]["path"] == Path(q["query"]).relative_to(photos).as_posix() for q in document["queries"])
-    mixed = run(cli, "search", indexed, photos, "-k", "1", "--json")
-    assert [Path(s["query"]).name for s in json.loads(mixed.stdout)["skipped"]] == ["corrupt.png"]
+    records = json_lines(run(cli, "search", indexed, photos / "trip", "-k", "1", "--json"))
+    assert len(records) == 8
+    assert all(q["results"][0]["path"] == Path(q["query"]).relative_to(photos).as_posix() for q in records)
+    mixed = json_lines(run(cli, "search", indexed, photos, "-k", "1", "--json"))
+    assert [Path(r["query"]).name for r in mixed if "skipped" in r] == ["corrupt.png"]
+    assert len([r for r in mixed if "results" in r]) == 12
 
 
 @pytest.mark.parametrize("content, message", [
@@ -130,6 +141,38 @@ def test_a_corrupted_index_is_refused_by_search_and_serve(cli, indexed, photos):
         assert result.exit_code == 2 and "checksum" in result.stderr
 
 
+def test_update_refuses_an_index_that_does_not_exist(cli, photos, tmp_path):
+    result = run(cli, "index", photos, "--out", tmp_path / "new.index", "--update", *FAST)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "holds no index yet; leave out --update" in result.stderr and not (tmp_path / "new.index").exists()
+
+
+@pytest.mark.parametrize("bits, message", [
+    ("abc", "'abc' is not a whole number of bits; give a code length from 8 to 1024"),
+    ("4", "4 bits is out of range"),
+])  # fmt: skip
+def test_a_bad_bit_count_says_what_a_code_length_is(cli, photos, tmp_path, bits, message):
+    result = run(cli, "index", photos, "--out", tmp_path / "x.index", "--bits", bits)
+    assert result.exit_code == 2 and message in result.stderr and "valid integer range" not in result.stderr
+
+
+def test_index_help_lists_the_backbones_and_serve_help_explains_the_port(cli):
+    def help_of(command: str) -> str:  # the help text with its line wrapping undone
+        return " ".join(run(cli, command, "--help").stdout.split())
+
+    index_help = help_of("index")
+    assert "efficientnet_lite0: EfficientNet-Lite0" in index_help and "efficientnet_lite2:" in index_help
+    assert "TCP port" in help_of("serve")
+    search_help = help_of("search")
+    assert "approximate for ivf, hnsw and mih" in search_help and "JSON Lines" in search_help
+
+
+def test_a_missing_model_folder_is_named_in_cli_words(cli, photos, tmp_path):
+    result = run(cli, "index", photos, "--out", tmp_path / "x.index", "--model", tmp_path / "no-model")
+    assert result.exit_code == 2 and "--model" in result.stderr and "bganhash train" in result.stderr
+    assert "save()" not in result.stderr
+
+
 def test_indexing_over_an_existing_index_needs_update(cli, indexed, photos):
     again = run(cli, "index", photos, "--out", indexed, *FAST)
     assert again.exit_code == 2 and "--update" in again.stderr
@@ -151,10 +194,9 @@ def test_index_with_a_backend_and_search_uses_what_the_index_holds(cli, photos, 
     built = run(cli, "index", photos, "--out", out, *FAST, "--backend", "hnsw:8", "--json")
     assert built.exit_code == 0, built.output
     assert json.loads(built.stdout)["backend"] == "hnsw:8,ef=128,efc=200"
-    result = run(cli, "search", out, photos / "trip" / "img04.jpg", "-k", "3", "--json")
-    document = json.loads(result.stdout)
-    assert document["backend"] == "hnsw:8,ef=128,efc=200"
-    assert document["queries"][0]["results"][0]["path"] == "trip/img04.jpg"
+    [record] = json_lines(run(cli, "search", out, photos / "trip" / "img04.jpg", "-k", "3", "--json"))
+    assert record["backend"] == "hnsw:8,ef=128,efc=200"
+    assert record["results"][0]["path"] == "trip/img04.jpg"
 
 
 def test_an_ivf_index_with_more_lists_than_photos_is_refused_with_the_fix(cli, photos, tmp_path):
@@ -164,9 +206,8 @@ def test_an_ivf_index_with_more_lists_than_photos_is_refused_with_the_fix(cli, p
     assert "use fewer lists" in result.stderr and not (tmp_path / "x.index").exists()
     built = run(cli, "index", photos, "--out", tmp_path / "y.index", *FAST, "--backend", "ivf:2,nprobe=2", "--json")
     assert built.exit_code == 0 and json.loads(built.stdout)["backend"] == "ivf:2,nprobe=2", built.output
-    found = json.loads(run(cli, "search", tmp_path / "y.index", photos / "trip" / "img04.jpg", "-k", "1",
-                           "--json").stdout)
-    assert found["queries"][0]["results"][0]["path"] == "trip/img04.jpg"
+    [found] = json_lines(run(cli, "search", tmp_path / "y.index", photos / "trip" / "img04.jpg", "-k", "1", "--json"))
+    assert found["results"][0]["path"] == "trip/img04.jpg"
 
 
 @pytest.mark.parametrize("backend, message", [

@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from bganhash import InputError
-from bganhash.bgan.checkpoint import STATE_FILE
+from bganhash.bgan.checkpoint import MANIFEST_FILE
 from bganhash.bgan.distributed import World
 from bganhash.bgan.launch import read_launch_environment
 from distributed_run import build_trainer, tiny_config, tiny_problem
@@ -128,7 +128,7 @@ def test_only_rank_zero_writes_checkpoints(two_process_run):
     assert not (two_process_run / "saved-by-rank1.txt").exists()
     saves = (two_process_run / "saved-by-rank0.txt").read_text().splitlines()
     assert len(saves) == 2  # one per beta stage
-    state = json.loads((two_process_run / "checkpoints" / STATE_FILE).read_text())
+    state = json.loads((two_process_run / "checkpoints" / MANIFEST_FILE).read_text())
     assert state["next_stage"] == 2
 
 
@@ -138,7 +138,7 @@ def test_resume_under_two_processes_gives_the_uninterrupted_result(two_process_r
     stopped = _torchrun(tmp_path / "stopped", "--checkpoints", str(checkpoints), "--stop-at-stage", "1",
                         expect_success=False)
     assert stopped.returncode != 0
-    assert json.loads((checkpoints / STATE_FILE).read_text())["next_stage"] == 1
+    assert json.loads((checkpoints / MANIFEST_FILE).read_text())["next_stage"] == 1
 
     _torchrun(tmp_path / "resumed", "--checkpoints", str(checkpoints), "--resume")
     uninterrupted = _weights(two_process_run / "weights-rank0.safetensors")
@@ -162,7 +162,7 @@ def test_train_command_under_torchrun_prints_and_writes_once(tmp_path):
     assert document["map"]["bgan"]["8"] > document["map"]["lsh"]["8"]
     assert result.stderr.count("BGAN   8 bits") == 1
     assert (tmp_path / "run" / "8bit" / "model" / "hasher.json").is_file()
-    assert json.loads((tmp_path / "run" / "8bit" / "checkpoints" / STATE_FILE).read_text())["next_stage"] == 2
+    assert json.loads((tmp_path / "run" / "8bit" / "checkpoints" / MANIFEST_FILE).read_text())["next_stage"] == 2
 
 
 # ---- pieces that need no second process ------------------------------------------------------------

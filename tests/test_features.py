@@ -12,7 +12,7 @@ import bganhash.features.extract as features_module
 from bganhash import InputError
 from bganhash.features.cache import feature_cache_dir, feature_cache_path, load_features
 from bganhash.features.config import FeatureConfig
-from bganhash.features.extract import extract_features, preprocess_images
+from bganhash.features.extract import extract_features, features_of_images, resize_pixels
 from bganhash.features.transforms import transform_features
 
 SMALL = FeatureConfig(image_size=48, batch_size=4)
@@ -46,14 +46,24 @@ class TinyDataset:
         return f"tiny{self.seed}n{len(self)}"
 
 
+def torch_reference(image: np.ndarray, size: int, backbone) -> np.ndarray:
+    """Features as the eager PyTorch path computed them before the runtime: torch resize, NCHW, eager."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+    shrinking = max(image.shape[:2]) > size
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                        antialias=shrinking)
+    mean = torch.tensor(backbone.input_mean).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.input_std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        return backbone.forward_features((x - mean) / std)[0].numpy()
+
+
 def test_rows_equal_one_image_at_a_time(lite0):
     dataset = TinyDataset()
     features = extract_features(dataset, SMALL, cache=False, progress=False)
     assert features.dtype == np.float32 and features.shape == (len(dataset), 1280)
-    with torch.inference_mode():
-        for i in (0, 3, 9):
-            x = preprocess_images([dataset.read_image(i)], 48, lite0.input_mean, lite0.input_std)
-            np.testing.assert_allclose(features[i], lite0.forward_features(x)[0].numpy(), rtol=1e-4, atol=1e-5)
+    for i in (0, 3, 9):
+        np.testing.assert_allclose(features[i], torch_reference(dataset.read_image(i), 48, lite0), rtol=1e-3, atol=1e-4)
 
 
 def test_second_run_reads_the_cache_without_the_backbone(monkeypatch):
@@ -112,26 +122,34 @@ def test_cache_dir_from_environment_or_home(monkeypatch, tmp_path):
     assert feature_cache_dir() == tmp_path / ".cache" / "bganhash" / "features"
 
 
-def test_preprocess_scales_to_minus_one_one_and_resizes():
+def test_resize_pixels_keeps_range_and_shape_without_cropping():
     white = np.full((32, 32, 3), 255, np.uint8)
     black = np.zeros((20, 50, 3), np.uint8)
-    x = preprocess_images([white, black], 40, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    assert x.shape == (2, 3, 40, 40)
-    torch.testing.assert_close(x[0], torch.ones(3, 40, 40))
-    torch.testing.assert_close(x[1], -torch.ones(3, 40, 40))
+    assert resize_pixels(white, 40).shape == (40, 40, 3)
+    np.testing.assert_allclose(resize_pixels(white, 40), 255.0, atol=1e-3)
+    np.testing.assert_allclose(resize_pixels(black, 40), 0.0, atol=1e-3)
 
 
-def test_preprocess_keeps_pixels_when_size_already_matches(rng):
+def test_resize_pixels_keeps_pixels_when_size_already_matches(rng):
     image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    x = preprocess_images([image], 16, (0, 0, 0), (1, 1, 1))
-    np.testing.assert_allclose(x[0].permute(1, 2, 0).numpy() * 255, image, atol=1e-4)
+    np.testing.assert_array_equal(resize_pixels(image, 16), image.astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [(30, 30, 3), (300, 200, 3), (17, 90, 3)])
+def test_resize_pixels_equals_torch_antialiased_bilinear(rng, shape):
+    """The float Pillow resize is the torch interpolate the features were defined with (up and down)."""
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    expected = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False,
+                                               antialias=max(shape[:2]) > 64)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(resize_pixels(image, 64), expected, atol=2e-3)
 
 
 @pytest.mark.parametrize("image", [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 3), np.float32),
                                    np.zeros((8, 8, 4), np.uint8)])
-def test_preprocess_rejects_non_rgb_uint8(image):
+def test_features_of_images_rejects_non_rgb_uint8(image):
     with pytest.raises(InputError, match=r"uint8 arrays of shape \(H, W, 3\)"):
-        preprocess_images([image], 16, (0, 0, 0), (1, 1, 1))
+        features_of_images([image], SMALL)
 
 
 @pytest.mark.parametrize("config, message", [
@@ -156,8 +174,8 @@ def test_load_features_round_trip(tmp_path, rng):
 @pytest.mark.parametrize("name, array, n_expected, message", [
     ("f.txt", np.zeros((2, 2)), None, "must be a .npy file"),
     ("missing.npy", None, None, "does not exist"),
-    ("objects.npy", np.array([{"a": 1}, None], dtype=object), None, "cannot be read as a plain .npy"),
-    ("flat.npy", np.zeros(5), None, "must be 2-D"),
+    ("objects.npy", np.array([[{"a": 1}, None]], dtype=object), None, "holds dtype object"),
+    ("flat.npy", np.zeros(5), None, "features are 2-D"),
     ("nan.npy", np.array([[0.0, np.nan]]), None, "NaN or infinite"),
     ("rows.npy", np.zeros((4, 3)), 5, "has 4 rows, but the dataset has 5 images"),
 ])

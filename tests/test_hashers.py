@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from bganhash._io import write_verified_json
 from bganhash._validation import InputError, NotFittedError
 from bganhash.hashers import ITQ, PCAH, SH, Hasher, SphericalHashing
 from bganhash.registry import BASELINE_CLASSES, BASELINES, HASHERS, create_hasher, display_name, hasher_class
@@ -142,7 +143,7 @@ def test_load_refuses_wrong_class_unknown_class_and_missing_files(rng, tmp_path)
         PCAH.load(tmp_path / "itq")
     metadata = tmp_path / "itq" / "hasher.json"
     document = json.loads(metadata.read_text())
-    metadata.write_text(json.dumps({**document, "class": "Evil"}))
+    write_verified_json(metadata, {**document, "class": "Evil"})  # edited, checksum and all
     with pytest.raises(InputError, match="unknown hasher class 'Evil'"):
         Hasher.load(tmp_path / "itq")
     metadata.write_text(json.dumps(document))

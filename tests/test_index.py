@@ -44,6 +44,7 @@ def test_search_matches_brute_force(rng, backend, n_bits, k):
     index.add(database[:50], ids[:50])
     index.add(database[50:], ids[50:])
     distances, found = index.search(queries, k)
+    k = min(k, 120)  # k is capped at the number of codes held
     assert distances.dtype == np.int32 and found.dtype == np.int64 and distances.shape == (7, k)
     expected_distances, expected_ids = brute_force_search(queries, database, ids, k)
     np.testing.assert_array_equal(distances, expected_distances)

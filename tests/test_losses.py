@@ -85,3 +85,28 @@ def test_quantization_loss_by_hand():
     z = torch.tensor([[0.5, -2.0], [0.0, -0.25]])
     # sgn: [1, -1], [1, -1] -> (0.25 + 1 + 1 + 0.5625) / 4
     assert losses.quantization_loss(z).item() == pytest.approx((0.25 + 1.0 + 1.0 + 0.5625) / 4)
+
+
+def test_cosine_targets_blend_s_with_the_inputs_cosine():
+    import scipy.sparse as sp
+
+    from bganhash.bgan.train import TrainingData
+
+    inputs = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    positives = sp.csr_matrix(np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=bool))
+    data = TrainingData(inputs, None, positives)
+    plain = data.similarity_block(np.arange(3), torch.device("cpu"))
+    torch.testing.assert_close(plain, torch.tensor([[1.0, 1, -1], [1, 1, -1], [-1, -1, 1]]))
+    blended = data.similarity_block(np.arange(3), torch.device("cpu"), cosine_weight=0.5)
+    cos = 1 / 2 ** 0.5
+    expected = 0.5 * plain + 0.5 * torch.tensor([[1.0, cos, 0], [cos, 1, cos], [0, cos, 1]])
+    torch.testing.assert_close(blended, expected)
+    assert blended[0, 1] < 1.0  # a positive pair is no longer asked for identical codes
+
+
+def test_cosine_target_weight_must_be_a_fraction():
+    from bganhash import InputError
+    from bganhash.bgan.config import make_config
+
+    with pytest.raises(InputError, match="cosine_target_weight=1.5 must be between 0 and 1"):
+        make_config("cpu", 32, cosine_target_weight=1.5)

@@ -12,11 +12,10 @@ import torch
 from bganhash import InputError
 from bganhash.bgan.checkpoint import (
     CONFIG_FILE,
-    HISTORY_FILE,
-    OPTIMIZER_JSON_FILE,
-    OPTIMIZER_TENSORS_FILE,
+    LEGACY_FILES,
+    MANIFEST_FILE,
     STATE_FILE,
-    WEIGHTS_FILE,
+    checkpoint_files,
     join_optimizer_states,
     read_tensors,
     split_optimizer_states,
@@ -150,12 +149,12 @@ def test_checkpoint_files_and_contents(tmp_path):
     data, _ = _tiny_problem()
     trainer = _trainer(_config(epochs_per_stage=1), data, checkpoint_dir=tmp_path)
     trainer.fit()
-    for name in (WEIGHTS_FILE, OPTIMIZER_TENSORS_FILE, OPTIMIZER_JSON_FILE, CONFIG_FILE, STATE_FILE, HISTORY_FILE):
-        assert (tmp_path / name).is_file()
-    assert not list(tmp_path.glob(".*.tmp"))
-    assert json.loads((tmp_path / STATE_FILE).read_text()) == {"stage": 1, "epoch": 1, "next_stage": 2}
-    assert json.loads((tmp_path / CONFIG_FILE).read_text()) == trainer.config.to_dict()
-    assert len(json.loads((tmp_path / HISTORY_FILE).read_text())) == 2
+    parts = checkpoint_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([MANIFEST_FILE, *(p.name for p in parts.values())])
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert (manifest["stage"], manifest["epoch"], manifest["next_stage"]) == (1, 1, 2)
+    assert json.loads(parts["config"].read_text()) == trainer.config.to_dict()
+    assert len(json.loads(parts["history"].read_text())) == 2
 
 
 class _Interrupt(Exception):
@@ -176,7 +175,7 @@ def test_resume_after_first_stage_gives_identical_codes(tmp_path):
     interrupted = _trainer(config, data, checkpoint_dir=tmp_path, evaluate=stop_in_second_stage)
     with pytest.raises(_Interrupt):
         interrupted.fit()
-    assert json.loads((tmp_path / STATE_FILE).read_text())["next_stage"] == 1
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["next_stage"] == 1
 
     torch.manual_seed(123)  # a different initialisation: everything must come from the checkpoint
     resumed = Trainer(config, BGANNetworks(config, D, 8), data, checkpoint_dir=tmp_path, progress=False)
@@ -203,6 +202,7 @@ def test_resume_from_a_checkpoint_saved_under_the_former_config_names(tmp_path):
     uninterrupted.fit()
     first = _trainer(_config(epochs_per_stage=1, beta_schedule=(1.0,)), data, checkpoint_dir=tmp_path)
     first.fit()
+    _as_checkpoint_before_checksums(tmp_path)
     saved = json.loads((tmp_path / CONFIG_FILE).read_text())
     network = saved["network"]
     network["image_size"], network["max_image_size"] = network.pop("reconstruction_size"), \
@@ -217,6 +217,15 @@ def test_resume_from_a_checkpoint_saved_under_the_former_config_names(tmp_path):
                      checkpoint_dir=tmp_path)
     with pytest.raises(InputError, match=r"network.max_reconstruction_size"):
         other.fit(resume=True)
+
+
+def _as_checkpoint_before_checksums(directory):
+    """Rewrite a checkpoint in the layout before checkpoint.json: fixed names, state.json last."""
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    for role, path in checkpoint_files(directory).items():
+        path.rename(directory / LEGACY_FILES[role])
+    (directory / STATE_FILE).write_text(json.dumps({key: manifest[key] for key in ("stage", "epoch", "next_stage")}))
+    (directory / MANIFEST_FILE).unlink()
 
 
 def test_optimizer_state_split_round_trip():

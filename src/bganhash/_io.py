@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,13 @@ import numpy as np
 import safetensors.numpy
 
 from bganhash._validation import InputError
+
+CHECKSUM_KEY = "sha256"  # in a verified JSON document: the sha256 of its own canonical content
+_HASH_CHUNK = 1 << 20
+
+
+class UnverifiedFileWarning(UserWarning):
+    """A saved file written before checksums existed was loaded without verification."""
 
 
 @contextlib.contextmanager
@@ -67,7 +76,7 @@ def read_versioned_json(path: Path, format_name: str, max_version: int, what: st
     if not isinstance(document, dict) or document.get("format") != format_name:
         raise InputError(f"{path} is not {what} (format {format_name!r} expected)")
     version = document.get("format_version")
-    if not isinstance(version, int) or version > max_version:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= max_version:
         raise InputError(f"{path} has format_version={version!r}; this bganhash reads up to {max_version}")
     return document
 
@@ -116,3 +125,70 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")
+
+
+# ---- checksums ---------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's contents, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(path: str | os.PathLike) -> dict[str, Any]:
+    """What a manifest records of a file: its size and sha256."""
+    return {"bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}
+
+
+def verify_file(path: Path, expected: Any, listed_in: Path) -> None:
+    """Check `path` against the {"bytes", "sha256"} entry `listed_in` records for it; InputError otherwise."""
+    if not isinstance(expected, dict):
+        raise InputError(f"{listed_in} is corrupted: its entry for {path.name} is not a checksum")
+    if not path.is_file():
+        raise InputError(f"{path} is missing: {listed_in} lists it")
+    if path.stat().st_size != expected.get("bytes") or file_sha256(path) != expected.get("sha256"):
+        raise InputError(f"{path} is corrupted or was changed: its checksum does not match {listed_in}")
+
+
+def json_sha256(document: dict[str, Any]) -> str:
+    """The sha256 of a JSON document's canonical form (sorted keys, no spaces), its own checksum key left out."""
+    body = {key: value for key, value in document.items() if key != CHECKSUM_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_json_default)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def write_verified_json(path: str | os.PathLike, document: dict[str, Any]) -> None:
+    """Write `document` atomically with the checksum of its own content under CHECKSUM_KEY."""
+    plain = json.loads(json.dumps(document, default=_json_default))  # what a reader will parse
+    plain.pop(CHECKSUM_KEY, None)
+    write_json(path, {**plain, CHECKSUM_KEY: json_sha256(plain)})
+
+
+def check_json_checksum(document: dict[str, Any], path: Path, required: bool) -> bool:
+    """Verify a document's own checksum. One that has none passes only when not `required` (a file written
+    before checksums existed) and then with an UnverifiedFileWarning; returns whether it was verified."""
+    if CHECKSUM_KEY not in document:
+        if required:
+            raise InputError(f"{path} is corrupted: its format version records a checksum, but it has none")
+        warnings.warn(f"{path} was written by an earlier bganhash without checksums: loaded unverified "
+                      "(save it again to add them)", UnverifiedFileWarning, stacklevel=2)
+        return False
+    if document[CHECKSUM_KEY] != json_sha256(document):
+        raise InputError(f"{path} is corrupted or was edited: its content does not match its checksum")
+    return True
+
+
+def read_verified_json(path: Path, format_name: str, max_version: int, what: str,
+                       verified_since: int, covered: bool = False) -> dict[str, Any]:
+    """`read_versioned_json`, then the document's own checksum: required from format version
+    `verified_since` on, checked whenever present (so a version number lowered to an older one's is caught).
+    `covered`: another verified file checksums this one, so an old one without its own checksum is no warning."""
+    document = read_versioned_json(path, format_name, max_version, what)
+    if covered and CHECKSUM_KEY not in document:
+        return document
+    check_json_checksum(document, path, required=document["format_version"] >= verified_since)
+    return document

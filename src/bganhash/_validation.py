@@ -34,17 +34,31 @@ def as_2d_array(X: Any, name: str, shape_hint: str) -> np.ndarray:
     return array
 
 
+MAX_FEATURE_MAGNITUDE = 1e12  # beyond it, float32 sums of squares (covariances, distances) overflow
+
+
 def check_features(X: Any, name: str = "X", n_features: int | None = None) -> np.ndarray:
-    """Return `X` as a finite float32 (n, d) array, or raise InputError naming what is wrong."""
+    """Return `X` as a finite float32 (n, d) array of real values within +-MAX_FEATURE_MAGNITUDE, or raise
+    InputError naming what is wrong."""
     array = as_2d_array(X, name, "(n_samples, n_features)")
     if array.shape[0] == 0:
         raise InputError(f"{name} has no rows (shape {array.shape})")
+    if np.iscomplexobj(array):
+        raise InputError(f"{name} must be real; got complex dtype {array.dtype} (pass the magnitude or the real part)")
     if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
         raise InputError(f"{name} must be numeric; got dtype {array.dtype}")
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).any(axis=1).sum())
-        raise InputError(f"{name} contains NaN or infinite values in {bad} row(s)")
+    given = array
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: reported below as too large
+        array = array.astype(np.float32, copy=False)
+    usable = np.abs(array) <= MAX_FEATURE_MAGNITUDE  # False for NaN and infinities too
+    if not usable.all():
+        bad_rows = ~usable.all(axis=1)
+        if not np.isfinite(given).all():
+            bad = int((~np.isfinite(given)).any(axis=1).sum())
+            raise InputError(f"{name} contains NaN or infinite values in {bad} row(s)")
+        largest = float(np.abs(given[bad_rows].astype(np.float64)).max())
+        raise InputError(f"{name} has values as large as {largest:.3g} in {int(bad_rows.sum())} row(s); features "
+                         f"must lie within +-{MAX_FEATURE_MAGNITUDE:.0e} (scale them down)")
     if n_features is not None and array.shape[1] != n_features:
         raise InputError(f"{name} has {array.shape[1]} features, but this model was fitted on {n_features}")
     return array

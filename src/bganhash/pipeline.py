@@ -3,8 +3,9 @@ loaded whole. Feature extraction, collections, the CLI's `encode` and `search` a
 images through it, so that queries are preprocessed exactly as the indexed images were.
 
 A saved pipeline is a hasher's directory (hasher.json + hasher.safetensors) with `pipeline.json` beside
-them naming the feature configuration; a hasher directory saved without it still loads (its own
-`feature_config` when it has one, else the default).
+them naming the feature configuration; hasher.json checksums every other file, pipeline.json included, and
+itself. A hasher directory saved without pipeline.json still loads (its own `feature_config` when it has one,
+else the default), and so does one saved before checksums (with a warning that it is unverified).
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from bganhash._io import read_versioned_json, write_json
-from bganhash._validation import InputError, check_image_list
+from bganhash._io import read_verified_json, write_verified_json
+from bganhash._validation import InputError, check_fitted, check_image_list
 from bganhash._version import __version__
 from bganhash.datasets.base import Dataset, FileSource
 from bganhash.datasets.images import resize_square
 from bganhash.features.config import FeatureConfig
-from bganhash.hashers.base import Hasher
+from bganhash.hashers.base import Hasher, saved_files
 from bganhash.registry import load_hasher
 
 FORMAT_NAME = "bganhash-pipeline"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pipeline.json checksums itself, and the hasher's hasher.json checksums pipeline.json
 PIPELINE_FILE = "pipeline.json"
 
 
@@ -64,21 +65,17 @@ class ImagePipeline:
 
     def features_of_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Backbone features (n, D) float32 of decoded images, preprocessed as the indexed images were."""
-        from bganhash.features.extract import features_of_images, shared_backbone  # torch
+        from bganhash.features.extract import features_of_images
 
         self._check_knows_features()
-        images = check_image_list(images)
-        config = self.feature_config
-        return np.concatenate([features_of_images(images[i:i + config.batch_size], shared_backbone(config.backbone),
-                                                  config) for i in range(0, len(images), config.batch_size)])
+        return features_of_images(check_image_list(images), self.feature_config)
 
     def features_of_dataset(self, dataset: Any, progress: bool = False) -> np.ndarray:
         """Backbone features of every image of a Dataset, in batches (not cached: see extract_features)."""
-        from bganhash.features.extract import compute_features, shared_backbone  # torch
+        from bganhash.features.extract import compute_features
 
         self._check_knows_features()
-        config = self.feature_config
-        return compute_features(dataset, shared_backbone(config.backbone), config, progress=progress)
+        return compute_features(dataset, self.feature_config, progress=progress)
 
     # ---- codes -----------------------------------------------------------------------------------
 
@@ -117,23 +114,34 @@ class ImagePipeline:
     # ---- persistence -----------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the hasher and the feature configuration to directory `path`; returns it."""
-        directory = self.hasher.save(path)
-        write_json(directory / PIPELINE_FILE, {
+        """Write the feature configuration (pipeline.json), then the hasher, whose hasher.json checksums
+        pipeline.json with its own files, to directory `path`; returns it."""
+        check_fitted(self.hasher, "n_features_in_")
+        directory = Path(path)
+        if directory.exists() and not directory.is_dir():
+            raise InputError(f"cannot save a pipeline to {directory}: it exists and is not a directory")
+        write_verified_json(directory / PIPELINE_FILE, {
             "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "bganhash_version": __version__,
             "feature_config": dataclasses.asdict(self.feature_config),
         })
-        return directory
+        return self.hasher.save(directory, covering=[PIPELINE_FILE])
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected: str | None = None) -> ImagePipeline:
-        """Read a pipeline (or a bare hasher directory) written by `save`; `expected` names the hasher it
-        must hold (see `bganhash.registry.load_hasher`)."""
+        """Read a pipeline (or a bare hasher directory) written by `save`, every file checked against the
+        checksums in hasher.json; `expected` names the hasher it must hold (see `bganhash.registry.load_hasher`)."""
         directory = Path(path)
         hasher = load_hasher(directory, expected)
         config = None
-        if (directory / PIPELINE_FILE).exists():
-            document = read_versioned_json(directory / PIPELINE_FILE, FORMAT_NAME, FORMAT_VERSION, "a saved pipeline")
+        listed = saved_files(directory)  # None: a hasher saved before checksums, which lists nothing
+        if listed is not None and PIPELINE_FILE not in listed and (directory / PIPELINE_FILE).exists():
+            raise InputError(f"{directory / PIPELINE_FILE} is not among the files {directory / 'hasher.json'} "
+                             "verifies (a bare hasher was saved over a pipeline, or it was added): remove it, "
+                             "or save the pipeline again")
+        covered = bool(listed) and PIPELINE_FILE in listed
+        if covered or (directory / PIPELINE_FILE).exists():
+            document = read_verified_json(directory / PIPELINE_FILE, FORMAT_NAME, FORMAT_VERSION, "a saved pipeline",
+                                          verified_since=2, covered=covered)
             config = document.get("feature_config")
         features_only = config is None and getattr(hasher, "feature_config", None) is None
         try:

@@ -1,14 +1,24 @@
 """BGAN training checkpoints: a directory rewritten at the end of every beta stage, read to resume.
 
-Files, each written atomically, safetensors and JSON only (loading runs no code): the networks' state
-dict (`weights.safetensors`), every optimiser's state (its tensors in `optimizer.safetensors`, the rest
-in `optimizer.json`), the run's configuration (`config.json`), the per-epoch history (`history.json`),
-and last `state.json`, the next stage to train: a checkpoint counts only once that file exists.
+One checkpoint is one unit. Its parts, safetensors and JSON only (loading runs no code), are the networks'
+state dict (weights), every optimiser's state (its tensors, and the rest as JSON), the run's configuration and
+the per-epoch history; each is written under a new name (`weights-002-1a2b3c4d.safetensors`), and last
+`checkpoint.json`, the manifest: the next stage to train, and the name, size and sha256 of every part, with a
+checksum of its own. Its atomic replacement is the switch: a process killed at any point leaves the previous
+checkpoint whole (its parts are deleted only after the switch), so a resume continues exactly from it, and a
+part that does not match its checksum is refused.
+
+Checkpoints written before this layout (fixed names, `state.json` written last) still resume, unverified,
+with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,37 +26,100 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from bganhash._io import atomic_write, read_json, read_safetensors, write_json
+from bganhash._io import (
+    UnverifiedFileWarning,
+    atomic_write,
+    file_entry,
+    read_json,
+    read_safetensors,
+    read_verified_json,
+    verify_file,
+    write_json,
+    write_verified_json,
+)
 from bganhash._validation import InputError
 from bganhash.bgan.config import BGANConfig, upgrade_config_document
 
+MANIFEST_FILE = "checkpoint.json"  # written last: the checkpoint is what it names
+FORMAT_NAME = "bganhash-checkpoint"
+FORMAT_VERSION = 1
+PARTS = {"weights": ".safetensors", "optimizer_tensors": ".safetensors", "optimizer": ".json", "config": ".json",
+         "history": ".json"}
+_PART_FILE = re.compile(r"^(weights|optimizer_tensors|optimizer|config|history)-\d{3,}-[0-9a-f]{8}"
+                        r"\.(safetensors|json)$")
+# the layout before checkpoint.json: fixed names, state.json written last (read, never written)
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_TENSORS_FILE = "optimizer.safetensors"
 OPTIMIZER_JSON_FILE = "optimizer.json"
 CONFIG_FILE = "config.json"
-STATE_FILE = "state.json"  # written last: a checkpoint counts only once it exists
+STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
+LEGACY_FILES = {"weights": WEIGHTS_FILE, "optimizer_tensors": OPTIMIZER_TENSORS_FILE, "optimizer": OPTIMIZER_JSON_FILE,
+                "config": CONFIG_FILE, "history": HISTORY_FILE}
 WHAT = "a BGAN training checkpoint"
 MACHINE_SETTINGS = ("device", "num_threads")  # where a run trains, not what it computes: may change on resume
 
 
 def has_checkpoint(directory: Path | None) -> bool:
-    """Whether `directory` holds a complete checkpoint."""
-    return directory is not None and (Path(directory) / STATE_FILE).is_file()
+    """Whether `directory` holds a checkpoint (its manifest, or an earlier version's state.json)."""
+    return directory is not None and ((Path(directory) / MANIFEST_FILE).is_file()
+                                      or (Path(directory) / STATE_FILE).is_file())
+
+
+def no_checkpoint_message(directory: Path) -> str:
+    """Why a resume from `directory` starts from scratch, in words."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        found = f"{directory} does not exist"
+    elif not any(directory.iterdir()):
+        found = f"{directory} is empty"
+    else:
+        found = f"{directory} holds no complete checkpoint (no {MANIFEST_FILE})"
+    return f"resume: {found}; training starts from scratch"
 
 
 def save_checkpoint(directory: Path, networks: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
                     config: BGANConfig, history: list[dict[str, Any]], next_stage: int) -> None:
-    """Weights, optimiser states, config, history, then state.json (after `next_stage` - 1 stages)."""
+    """The parts under new names, then checkpoint.json naming them (the switch), then the old parts' removal."""
     directory = Path(directory)
-    write_tensors(directory / WEIGHTS_FILE, networks.state_dict())
+    token = secrets.token_hex(4)
+    names = {role: f"{role}-{next_stage:03d}-{token}{suffix}" for role, suffix in PARTS.items()}
     tensors, document = split_optimizer_states({name: o.state_dict() for name, o in optimizers.items()})
-    write_tensors(directory / OPTIMIZER_TENSORS_FILE, tensors)
-    write_json(directory / OPTIMIZER_JSON_FILE, document)
-    write_json(directory / CONFIG_FILE, config.to_dict())
-    write_json(directory / HISTORY_FILE, history)
-    write_json(directory / STATE_FILE, {"stage": next_stage - 1, "epoch": config.train.epochs_per_stage,
-                                        "next_stage": next_stage})
+    write_tensors(directory / names["weights"], networks.state_dict())
+    write_tensors(directory / names["optimizer_tensors"], tensors)
+    write_json(directory / names["optimizer"], document)
+    write_json(directory / names["config"], config.to_dict())
+    write_json(directory / names["history"], history)
+    write_verified_json(directory / MANIFEST_FILE, {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        "stage": next_stage - 1, "epoch": config.train.epochs_per_stage, "next_stage": next_stage,
+        "files": {role: {"name": name, **file_entry(directory / name)} for role, name in names.items()},
+    })
+    _remove_other_parts(directory, keep=set(names.values()))
+
+
+def checkpoint_files(directory: Path) -> dict[str, Path]:
+    """The part files of the checkpoint in `directory` by role ("weights", "optimizer_tensors", "optimizer",
+    "config", "history"), each checked against its checksum; InputError when any is missing or damaged."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        if (directory / STATE_FILE).is_file():
+            warnings.warn(f"{directory} is a checkpoint written before checksums: resumed unverified",
+                          UnverifiedFileWarning, stacklevel=2)
+            return {role: directory / name for role, name in LEGACY_FILES.items()}
+        raise InputError(f"{directory} holds no checkpoint ({MANIFEST_FILE} is missing)")
+    manifest = read_verified_json(manifest_path, FORMAT_NAME, FORMAT_VERSION, WHAT, verified_since=1)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(PARTS) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) and _PART_FILE.match(entry["name"])
+            for entry in files.values()):
+        raise InputError(f"{manifest_path} is corrupted: it does not name the checkpoint's parts")
+    if not isinstance(manifest.get("next_stage"), int) or isinstance(manifest["next_stage"], bool):
+        raise InputError(f"{manifest_path} is corrupted: next_stage must be an integer")
+    for entry in files.values():
+        verify_file(directory / entry["name"], entry, manifest_path)
+    return {role: directory / entry["name"] for role, entry in files.items()}
 
 
 def load_checkpoint(directory: Path, networks: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
@@ -54,13 +127,40 @@ def load_checkpoint(directory: Path, networks: nn.Module, optimizers: dict[str, 
     """Restore `networks` and `optimizers` (in place) from `directory`, whose config must be `config`'s
     (machine settings aside); returns the saved history and the next stage to train."""
     directory = Path(directory)
-    check_same_config(read_json(directory / CONFIG_FILE, WHAT), config.to_dict(), directory)
-    networks.load_state_dict(read_tensors(directory / WEIGHTS_FILE))
-    states = join_optimizer_states(read_tensors(directory / OPTIMIZER_TENSORS_FILE),
-                                   read_json(directory / OPTIMIZER_JSON_FILE, WHAT))
-    for name, optimizer in optimizers.items():
-        optimizer.load_state_dict(states[name])
-    return read_json(directory / HISTORY_FILE, WHAT), int(read_json(directory / STATE_FILE, WHAT)["next_stage"])
+    parts = checkpoint_files(directory)
+    check_same_config(read_json(parts["config"], WHAT), config.to_dict(), directory)
+    history = read_json(parts["history"], WHAT)
+    if (directory / MANIFEST_FILE).is_file():
+        next_stage = read_json(directory / MANIFEST_FILE, WHAT)["next_stage"]
+    else:
+        state = read_json(directory / STATE_FILE, WHAT)
+        next_stage = state.get("next_stage") if isinstance(state, dict) else None
+    if isinstance(next_stage, bool) or not isinstance(next_stage, int) or next_stage < 0 \
+            or not isinstance(history, list):
+        raise InputError(f"{directory} is corrupted: its stage or history is unreadable")
+    try:
+        networks.load_state_dict(read_tensors(parts["weights"]))
+        states = join_optimizer_states(read_tensors(parts["optimizer_tensors"]), read_json(parts["optimizer"], WHAT))
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(states[name])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"cannot resume from {directory}: its weights or optimiser state do not fit this run "
+                         f"({type(exc).__name__}: {exc})") from exc
+    return history, next_stage
+
+
+def _remove_other_parts(directory: Path, keep: set[str]) -> None:
+    """Delete the parts of earlier checkpoints (and an earlier version's files): the manifest names others now."""
+    legacy = (directory / STATE_FILE).is_file()
+    with contextlib.suppress(FileNotFoundError):
+        (directory / STATE_FILE).unlink()  # first: without it, the old files are no checkpoint
+    for entry in directory.iterdir():
+        ours = _PART_FILE.match(entry.name) or (legacy and entry.name in LEGACY_FILES.values())
+        if ours and entry.name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

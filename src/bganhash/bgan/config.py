@@ -196,8 +196,16 @@ class LossConfig(_JsonConfig):
     # Reweight so positive and negative pairs of S count equally in the neighbourhood loss: 0.383
     # against 0.405 on the validation split (32 bits, l_N only), as in DESIGN.md, so off.
     balance_pairs: bool = False
+    # Blend the +1 / -1 targets of l_N with the cosine similarity of the (transformed) input features:
+    # target = (1 - w) * s_ij + w * cos_ij. 0 is the paper's l_N. Above 0, positives are no longer all
+    # pulled onto one code: nearer neighbours get nearer codes, so the top of a Hamming ranking is ordered
+    # (collections use it: bganhash.collection.build.small_collection_neighborhood). Head encoder only.
+    cosine_target_weight: float = 0.0
 
     def validate(self) -> None:
+        _check_number(self.cosine_target_weight, "cosine_target_weight", 0.0)
+        if self.cosine_target_weight > 1:
+            raise InputError(f"cosine_target_weight={self.cosine_target_weight!r} must be between 0 and 1")
         for name in ("use_neighborhood", "use_content", "use_adversarial", "balance_pairs"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name}={getattr(self, name)!r} must be true or false")

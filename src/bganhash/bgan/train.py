@@ -14,8 +14,8 @@ with the same global batch: `train_step` computes its terms through the `Shard` 
 from __future__ import annotations
 
 import math
-import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 import torch
+import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from bganhash._progress import progress_bar
 from bganhash._system import torch_threads
-from bganhash.bgan.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from bganhash._validation import InputError
+from bganhash.bgan.checkpoint import has_checkpoint, load_checkpoint, no_checkpoint_message, save_checkpoint
 from bganhash.bgan.config import BGANConfig
 from bganhash.bgan.distributed import Shard, World, current_world
 from bganhash.bgan.losses import (
@@ -53,10 +55,17 @@ class TrainingData:
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
-    def similarity_block(self, index: np.ndarray, device: torch.device) -> torch.Tensor:
-        """S restricted to the batch, as a dense (B, B) float tensor of +1 / -1."""
+    def similarity_block(self, index: np.ndarray, device: torch.device, cosine_weight: float = 0.0) -> torch.Tensor:
+        """l_N's targets on the batch: S as a dense (B, B) float tensor of +1 / -1, blended with the
+        inputs' cosine similarity when `cosine_weight` > 0 (LossConfig.cosine_target_weight)."""
         block = self.similarity[index][:, index].toarray()
-        return torch.from_numpy(np.where(block, 1.0, -1.0).astype(np.float32)).to(device)
+        target = torch.from_numpy(np.where(block, 1.0, -1.0).astype(np.float32))
+        if cosine_weight > 0:
+            if self.inputs.ndim != 2:
+                raise InputError("cosine_target_weight needs feature inputs (encoder='head'), not images")
+            unit = F.normalize(self.inputs[torch.from_numpy(np.asarray(index))].float(), dim=1)
+            target = (1.0 - cosine_weight) * target + cosine_weight * (unit @ unit.T)
+        return target.to(device)
 
 
 def make_optimizer(parameters: list[nn.Parameter], config: BGANConfig) -> torch.optim.Optimizer:
@@ -135,8 +144,8 @@ class Trainer:
         stats = {"bit_balance": bit_balance(shard.whole_batch(z.detach()))}
         zero = z.new_zeros(())
         # l_N over every pair of the mini-batch (Eq. 10); the other terms are means over this shard's rows
-        loss_n = neighborhood_loss(shard.whole_batch(b), self.data.similarity_block(index, self.device),
-                                   cfg.balance_pairs) if cfg.use_neighborhood else zero
+        targets = self.data.similarity_block(index, self.device, cfg.cosine_target_weight)
+        loss_n = neighborhood_loss(shard.whole_batch(b), targets, cfg.balance_pairs) if cfg.use_neighborhood else zero
         loss_q = quantization_loss(z) if cfg.quantization_weight > 0 else zero
         loss_c, loss_a = zero, zero
         if self.generate is not None:
@@ -206,13 +215,14 @@ class Trainer:
         """Train every remaining stage; returns the per-epoch history."""
         if resume and has_checkpoint(self.checkpoint_dir):
             self.load_checkpoint(self.checkpoint_dir)
+        elif resume and self.checkpoint_dir is not None and self.world.is_main:
+            warnings.warn(no_checkpoint_message(self.checkpoint_dir), stacklevel=2)
         train = self.config.train
         n_stages, steps_per_epoch = len(train.beta_schedule), len(self.epoch_batches(0, 0))
         total = n_stages * train.epochs_per_stage * steps_per_epoch
         done = self.next_stage * train.epochs_per_stage * steps_per_epoch
         self.networks.train()
-        bar = tqdm(total=total, initial=done, desc="BGAN", disable=True if not self.progress else None,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(total, "BGAN", "step", enabled=self.progress, initial=done)
         with torch_threads(train.num_threads), bar:
             for stage in range(self.next_stage, n_stages):
                 for epoch in range(train.epochs_per_stage):
@@ -225,7 +235,7 @@ class Trainer:
         self.networks.eval()
         return self.history
 
-    def _run_epoch(self, stage: int, epoch: int, bar: tqdm) -> dict[str, Any]:
+    def _run_epoch(self, stage: int, epoch: int, bar: Any) -> dict[str, Any]:
         beta = self.config.train.beta_schedule[stage]
         started = time.perf_counter()
         totals: dict[str, float] = {}

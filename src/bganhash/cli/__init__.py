@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from bganhash.cli import duplicates as duplicates_cli
 from bganhash.cli import reproduce as reproduce_cli
 from bganhash.cli import research
 from bganhash.cli import search as practitioner
@@ -22,5 +23,6 @@ def main() -> None:
 
 
 for _command in (research.features, research.baselines, research.train, research.encode,
-                 reproduce_cli.reproduce, practitioner.index, practitioner.search, practitioner.serve):
+                 reproduce_cli.reproduce, practitioner.index, practitioner.search,
+                 duplicates_cli.duplicates, practitioner.serve):
     main.add_command(_command)

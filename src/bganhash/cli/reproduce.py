@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from bganhash._system import usable_cpus
-from bganhash.cli._common import data_options, emit, feature_config, parse_bits, parse_overrides
+from bganhash.cli._common import data_options, emit, feature_config, parse_bits, parse_overrides, resolve_data
 from bganhash.research.plan import ReproduceSettings, parse_only
 
 
@@ -38,11 +38,12 @@ def _parse_only(_ctx, _param, value: str | None):
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Cells run at once, each in its own process on one thread [default: the usable CPU cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def reproduce(dataset, data, features_path, backbone, image_size, seed, out, only, bits, quick, preset, overrides,
-              split_path, jobs, as_json) -> None:
+def reproduce(dataset, data, download, features_path, backbone, image_size, seed, out, only, bits, quick, preset,
+              overrides, split_path, jobs, as_json) -> None:
     """Run the paper's protocol and write a self-contained report (Markdown, HTML, JSON) under --out."""
     from bganhash.research.runner import reproduce as run_reproduction  # numba, scikit-learn: ~1 s at CLI start
 
+    data = resolve_data(dataset, data, download)
     settings = ReproduceSettings(
         dataset=dataset, data=None if data is None else str(Path(data).resolve()),
         features_path=None if features_path is None else str(Path(features_path).resolve()),

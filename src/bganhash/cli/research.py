@@ -10,10 +10,19 @@ import numpy as np
 
 from bganhash._io import atomic_write, write_json
 from bganhash._validation import InputError
-from bganhash.cli._common import data_options, emit, feature_config, parse_bits, parse_methods, parse_overrides
+from bganhash.cli._common import (
+    data_options,
+    emit,
+    feature_config,
+    parse_bits,
+    parse_methods,
+    parse_overrides,
+    resolve_data,
+    torchrun_group,
+)
 from bganhash.codes import pack_codes
 from bganhash.datasets import load_dataset
-from bganhash.features.cache import load_features
+from bganhash.features.cache import feature_cache_path, load_features
 from bganhash.pipeline import ImagePipeline
 from bganhash.research.protocol import (
     ResultTable,
@@ -31,26 +40,31 @@ from bganhash.research.tables import table_markdown, write_results
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the features to this .npy file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def features(dataset, data, features_path, backbone, image_size, seed, out, as_json) -> None:
+def features(dataset, data, download, features_path, backbone, image_size, seed, out, as_json) -> None:
     """Extract (and cache) pretrained backbone features of a dataset."""
     from bganhash.features.extract import extract_features  # torch
 
-
     if features_path is not None:
         raise click.UsageError("--features makes no sense here: this command computes features")
-    images = load_dataset(dataset, data)
+    images = load_dataset(dataset, resolve_data(dataset, data, download))
     config = feature_config(backbone, image_size)
+    cache_path = feature_cache_path(images, config.validate())
+    cached = cache_path.is_file()
     start = time.perf_counter()
-    matrix = extract_features(images, config, progress=True)
+    with torchrun_group() as is_main:  # under torchrun the ranks extract together; rank 0 writes
+        matrix = extract_features(images, config, progress=True)
+    if not is_main:
+        return
     seconds = time.perf_counter() - start
     if out is not None:
         with atomic_write(out) as handle:
             np.save(handle, matrix)
     summary = {"dataset": dataset, "n_images": int(matrix.shape[0]), "n_features": int(matrix.shape[1]),
                "backbone": config.backbone, "image_size": config.image_size, "seconds": round(seconds, 2),
-               "out": str(out) if out else None}
+               "cached": cached, "out": str(out) if out else None}
+    how = f"read from the cache ({cache_path})" if cached else f"in {seconds:.1f} s"
     emit(summary, as_json, f"{matrix.shape[0]} images -> {matrix.shape[1]}-d features "
-         f"({config.backbone}, {config.image_size}px) in {seconds:.1f} s" + (f"; written to {out}" if out else ""))
+         f"({config.backbone}, {config.image_size}px) {how}" + (f"; written to {out}" if out else ""))
 
 
 @click.command()
@@ -61,8 +75,12 @@ def features(dataset, data, features_path, backbone, image_size, seed, out, as_j
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the results table (Markdown + JSON) and the split [default: results/baselines-DATASET].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def baselines(dataset, data, features_path, backbone, image_size, seed, bits, methods, out, as_json) -> None:
-    """Run the classic baselines (LSH, PCAH, ITQ, SH, SpH) under the paper's protocol: a Table-3-style report."""
+def baselines(dataset, data, download, features_path, backbone, image_size, seed, bits, methods, out,
+              as_json) -> None:
+    """Run the classic baselines (LSH, PCAH, ITQ, SH, SpH) under the paper's protocol: a Table-3-style report.
+
+    The score is mAP@all (see `bganhash train --help`)."""
+    data = resolve_data(dataset, data, download)
     protocol = prepare_for(dataset, data, features_path, feature_config(backbone, image_size), seed)
     out = out or Path("results") / f"baselines-{dataset}"
 
@@ -76,7 +94,12 @@ def baselines(dataset, data, features_path, backbone, image_size, seed, bits, me
         **table.to_dict(),
         "files": {"json": str(json_path), "markdown": str(md_path), "split": str(out / "split.json")},
     }
-    emit(document, as_json, table_markdown(table) + f"\nWritten: {md_path}, {json_path}")
+    emit(document, as_json, table_markdown(table) + f"{MAP_EXPLAINED}\nWritten: {md_path}, {json_path}")
+
+
+MAP_EXPLAINED = ("mAP@all: mean average precision over the whole database ranked by Hamming distance to each "
+                 "query, images of the query's class counting as relevant (1.0: every one of them ranked first; "
+                 "random codes score about the share of one class).")
 
 
 @click.command()
@@ -93,9 +116,14 @@ def baselines(dataset, data, features_path, backbone, image_size, seed, bits, me
               help="Run folder: models, checkpoints, history and results [default: runs/bgan-DATASET].")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out (same final codes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def train(dataset, data, features_path, backbone, image_size, seed, bits, preset, overrides, compare, out,
-          resume, as_json) -> None:
+def train(dataset, data, download, features_path, backbone, image_size, seed, bits, preset, overrides, compare,
+          out, resume, as_json) -> None:
     """Train BGAN under the paper's protocol and score it (mAP@all) next to the baselines.
+
+    mAP@all is the mean, over the query images, of the average precision of the whole database ranked by
+    Hamming distance to the query's code, with the images of the query's class as the relevant ones (1.0:
+    all of them ranked first; random codes score about the share of one class). Labels only score the
+    codes: BGAN trains without them.
 
     Under `torchrun --nproc_per_node=N -m bganhash train ...` the N processes train each model together
     (DistributedDataParallel, every mini-batch split across them); rank 0 alone scores, writes and prints.
@@ -103,7 +131,7 @@ def train(dataset, data, features_path, backbone, image_size, seed, bits, preset
     from bganhash.bgan.estimator import BGANHasher  # torch
     from bganhash.bgan.launch import launched  # torch
 
-
+    data = resolve_data(dataset, data, download)
     features = feature_config(backbone, image_size)
     out = out or Path("runs") / f"bgan-{dataset}"
     with launched() as world:  # one process unless started by torchrun
@@ -132,7 +160,7 @@ def train(dataset, data, features_path, backbone, image_size, seed, bits, preset
     document = {**table.to_dict(), "models": {str(b): p for b, p in models.items()},
                 "files": {"json": str(json_path), "markdown": str(md_path)}}
     models_text = "\n".join(f"Model ({b} bits): {p}" for b, p in models.items())
-    emit(document, as_json, table_markdown(table) + f"\n{models_text}\nResults: {md_path}")
+    emit(document, as_json, table_markdown(table) + f"{MAP_EXPLAINED}\n{models_text}\nResults: {md_path}")
 
 
 def prepare_for(dataset, data, features_path, features, seed, progress: bool = True):
@@ -150,7 +178,10 @@ def prepare_for(dataset, data, features_path, features, seed, progress: bool = T
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def encode(model, inputs, out, packed, as_json) -> None:
     """Encode images (files or folders) or a features .npy with a saved hasher: MODEL INPUTS..."""
-    sources, codes = encode_inputs(ImagePipeline.load(model), inputs)
+    with torchrun_group() as is_main:  # under torchrun the ranks extract features together; rank 0 writes
+        sources, codes = encode_inputs(ImagePipeline.load(model), inputs)
+    if not is_main:
+        return
     with atomic_write(out) as handle:
         np.save(handle, pack_codes(codes) if packed else codes)
     sources_path = out.with_suffix(".sources.json")

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from bganhash._validation import InputError
-from bganhash.cli._common import emit, feature_config
+from bganhash.cli._common import CodeLength, backbone_help, emit, feature_config, torchrun_group
 from bganhash.collection import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
+    MANIFEST_FILE,
     BuildConfig,
     Collection,
     build_collection,
     read_query_file,
 )
 from bganhash.datasets.folder import list_image_files
+from bganhash.features.backbones import list_backbones
 from bganhash.index.rerank import DEFAULT_CANDIDATES
 from bganhash.registry import HASHERS
 
@@ -33,10 +36,12 @@ _QUERY_BATCH = 64
               help="A saved hasher directory to use instead of training one on the images.")
 @click.option("--method", type=click.Choice(HASHERS), default="bgan", show_default=True,
               help="Hasher to train when no --model is given (itq is the quick one).")
-@click.option("--bits", type=click.IntRange(8, 1024), default=64, show_default=True, help="Code length.")
+@click.option("--bits", type=CodeLength(8, 1024), default=64, show_default=True,
+              help="Code length in bits, from 8 to 1024.")
 @click.option("--max-train", type=click.IntRange(2), default=10_000, show_default=True,
               help="Train on a random sample of at most this many images.")
-@click.option("--backbone", default=None, help="Backbone for the features (default: efficientnet_lite0).")
+@click.option("--backbone", type=click.Choice(list_backbones()), default=None,
+              help=backbone_help("Backbone for the features"))
 @click.option("--image-size", type=click.IntRange(32, 1024), default=None, help="Backbone input size in pixels.")
 @click.option("--thumbnail-size", type=click.IntRange(16, 1024), default=128, show_default=True,
               help="Longest side of the stored thumbnails.")
@@ -52,12 +57,21 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
           backend, as_json) -> None:
     """Index the images of folder or zip PHOTOS into one directory: model, codes, paths, thumbnails.
 
-    Method, bits and backbone apply to a new index; --update keeps the index's own model.
+    Method, bits and backbone apply to a new index; --update keeps the index's own model (and refuses to
+    start an index that does not exist yet).
     """
+    if update and not (out / MANIFEST_FILE).is_file():
+        raise InputError(f"--update: {out} holds no index yet; leave out --update to build a new one")
+    if model is not None and not model.is_dir():
+        raise InputError(f"--model {model}: no such folder; pass the model folder that `bganhash train` printed "
+                         "(e.g. runs/bgan-cifar10/32bit/model)")
     config = BuildConfig(method=method, n_bits=bits, max_train=max_train, thumbnail_size=thumbnail_size, seed=seed,
                          backend=backend).validate()  # a bad --backend fails here, before any work
     features = feature_config(backbone, image_size) if backbone or image_size else None  # None: the model's own
-    summary = build_collection(photos, out, model=model, config=config, update=update, feature_config=features)
+    with torchrun_group() as is_main:  # under torchrun the ranks extract the features together; rank 0 writes
+        summary = build_collection(photos, out, model=model, config=config, update=update, feature_config=features)
+    if not is_main:
+        return
     unreadable = "".join(f"\n  unreadable: {path} ({reason})" for path, reason in summary.unreadable[:10])
     more = len(summary.unreadable) - 10
     hasher_text = (f"trained {summary.method} ({summary.n_bits} bits) on {summary.trained_on} images" if summary.trained
@@ -82,35 +96,62 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
 @click.option("-k", "k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Results per query.")
 @click.option("--candidates", type=click.IntRange(1), default=DEFAULT_CANDIDATES, show_default=True,
               help="Nearest codes re-ranked by feature similarity (the first of the two search stages).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def search(index_dir, query, k, candidates, as_json) -> None:
+@click.option("--absolute", is_flag=True,
+              help="Print each result's full path (root joined with the path) instead of the path under the root.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON record per query, one per line (JSON Lines), as each batch of queries is done.")
+def search(index_dir, query, k, candidates, absolute, as_json) -> None:
     """Find the K images of INDEX_DIR nearest to QUERY (an image, or a folder of images: each is searched).
 
     The --candidates nearest codes (at least K) are found with the backend the index was built with (exact for
     "flat", approximate for ivf, hnsw and mih), then re-ranked by cosine similarity of the compact features
-    the index stores; the output shows both the Hamming distance and that similarity.
+    the index stores. Each result shows its Hamming distance (how many bits of its code differ from the
+    query's), that cosine similarity (1.0: the same picture) and its path under the indexed folder, which
+    the output names. A JSON record holds "path" (under "root") and "file" (the full path; null in a zip).
     """
     queries, skipped = _query_images(query)
     with Collection.load(index_dir) as collection:
-        backend, root, reranked = collection.backend, collection.root, collection.reranked
+        context = {"index": str(index_dir), "root": collection.root, "backend": collection.backend, "k": k,
+                   "n_bits": collection.n_bits, "reranked": collection.reranked}
         collection.candidates = candidates
-        found = []
+        if not as_json:
+            click.echo(_search_legend(context))
         for start in range(0, len(queries), _QUERY_BATCH):
             batch = queries[start:start + _QUERY_BATCH]
             matches = collection.search_images([image for _, image in batch], k)
-            found += [(name, rows) for (name, _), rows in zip(batch, matches)]
-    document = {"index": str(index_dir), "root": root, "backend": backend, "k": k, "reranked": reranked,
-                "queries": [{"query": name, "results": [m.to_dict() for m in rows]} for name, rows in found],
-                "skipped": [{"query": name, "reason": reason} for name, reason in skipped]}
-    lines = [] if reranked else ["(this index predates re-ranking: results are ordered by Hamming distance alone; "
-                                 "rebuild it to re-rank by similarity)"]
-    for name, rows in found:
-        lines += [name, f"  rank  hamming  {'cosine' if reranked else '      '}  path (under {root})"]
-        for rank, m in enumerate(rows, 1):
-            score = "" if m.score is None else f"{m.score:.3f}"
-            lines.append(f"  {rank:>4}  {m.distance:>7}  {score:>6}  {m.path}  (id {m.id})")
-    lines += [f"skipped {name}: {reason}" for name, reason in skipped]
-    emit(document, as_json, "\n".join(lines))
+            for (name, _), rows in zip(batch, matches):
+                results = [{"rank": rank, **m.to_dict(), "file": _full_path(collection.root, m.path)}
+                           for rank, m in enumerate(rows, 1)]
+                click.echo(json.dumps({"query": name, **context, "results": results}) if as_json
+                           else _result_lines(name, results, context, absolute))
+    for name, reason in skipped:
+        click.echo(json.dumps({"query": name, **context, "skipped": reason}) if as_json
+                   else f"skipped {name}: {reason}")
+
+
+def _search_legend(context: dict) -> str:
+    """What the columns of the text output mean, printed once above the results."""
+    legend = (f"{context['index']}: images under {context['root']}; hamming = bits of the {context['n_bits']}-bit "
+              "code that differ from the query's")
+    if context["reranked"]:
+        return legend + "; cosine = similarity of the stored features (1.000: the same picture), the order"
+    return legend + (" (this index predates re-ranking: results are ordered by Hamming distance alone; rebuild it "
+                     "to re-rank by similarity)")
+
+
+def _result_lines(name: str, results: list[dict], context: dict, absolute: bool) -> str:
+    where = "full path" if absolute else f"path under {context['root']}"
+    lines = [name, f"  rank  hamming  {'cosine' if context['reranked'] else '      '}  {where}"]
+    for result in results:
+        score = "" if result["score"] is None else f"{result['score']:.3f}"
+        path = result["file"] if absolute and result["file"] else result["path"]
+        lines.append(f"  {result['rank']:>4}  {result['distance']:>7}  {score:>6}  {path}  (id {result['id']})")
+    return "\n".join(lines)
+
+
+def _full_path(root: str, path: str) -> str | None:
+    """The file of an indexed image when the root is a folder (None for a member of a zip)."""
+    return str(Path(root) / path) if Path(root).is_dir() else None
 
 
 def _query_images(query: Path) -> tuple[list, list]:
@@ -134,7 +175,8 @@ def _query_images(query: Path) -> tuple[list, list]:
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the service to your network.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port to listen on (0: any free port).")
 @click.option("--max-upload-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Largest accepted upload.")
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
@@ -142,7 +184,11 @@ def _query_images(query: Path) -> tuple[list, list]:
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Torch threads for the backbone (default: up to 4).")
 def serve(index_dir, host, port, max_upload_bytes, max_pixels, threads) -> None:
-    """Serve INDEX_DIR: a search page at /, a JSON API (POST /search, GET /images/ID, /thumbnails/ID) and /docs."""
+    """Serve INDEX_DIR: a search page at /, its duplicates at /duplicates, a JSON API (POST /search,
+    GET /images/ID, /thumbnails/ID, /duplicates.json) and /docs.
+
+    The service follows `bganhash index --update`: it notices the new generation within a second or two,
+    loads it beside the one it serves, and switches to it between requests."""
     from bganhash.serve.app import serve as run_service  # fastapi, uvicorn and torch
 
     run_service(index_dir, host, port, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,

@@ -22,8 +22,9 @@ from bganhash.collection.generation import BuildSummary, State, write_generation
 from bganhash.collection.reader import Collection
 from bganhash.collection.store import LOCK_FILE, MANIFEST_FILE, WHAT, is_ours, writer_lock
 from bganhash.datasets import Dataset
-from bganhash.datasets.folder import list_image_files, open_source, validate_members
+from bganhash.datasets.folder import open_source, scan_image_files, validate_members
 from bganhash.features.config import FeatureConfig
+from bganhash.features.sharding import is_main_process
 from bganhash.hashers.base import Hasher
 from bganhash.index import parse_backend
 from bganhash.index.rerank import FeatureReducer
@@ -67,12 +68,13 @@ def build_collection(
     feature_config: Any = None,
     update: bool = False,
     progress: bool = True,
-) -> BuildSummary:
+) -> BuildSummary | None:
     """Index the images of folder or zip `source` into directory `out`.
 
     Without `update`, `out` must not hold an index yet; the hasher is `model` (a saved hasher directory) or
     one trained on the collection (`config.method`, `config.n_bits`). With `update`, only images that are
-    new or changed since the last build are encoded, and images that disappeared are dropped.
+    new or changed since the last build are encoded, and images that disappeared are dropped. Under
+    torchrun every rank extracts its share of the features; rank 0 alone writes, and the others return None.
     """
     from bganhash.features.extract import extract_features  # loads torch
 
@@ -80,21 +82,26 @@ def build_collection(
     config = (config or BuildConfig()).validate()
     out = Path(out)
     root = Path(source).resolve()
-    members = list_image_files(root)
-    created = not out.exists()
+    members, skipped = scan_image_files(root)  # links out of the folder and non-files are skipped, and reported
+    created, main = not out.exists(), is_main_process()
     try:
-        with writer_lock(out):
-            previous = _previous_state(out, root, update, model)
+        with writer_lock(out) if main else contextlib.nullcontext():
+            previous = _previous_state(out, root, update, model) if main or not created else None
             stamp_of = _stamps(root, members)
             kept_rows, new_members = _diff(previous, members, stamp_of)
             dataset, unreadable = _readable_dataset(root, new_members)
+            unreadable = [*skipped, *unreadable]
             if previous is None and dataset is None:
-                raise InputError(f"none of the {len(members)} image files in {source} could be read"
-                                 if members else f"no image files found in {source}")
-            state = previous or _fresh_state(root, model, feature_config)
+                also = f" ({len(skipped)} skipped: {skipped[0][0]}, {skipped[0][1]})" if skipped else ""
+                raise InputError(f"none of the {len(members)} image files in {source} could be read{also}"
+                                 if members else f"no image files found in {source}{also}")
+            state = previous or _fresh_state(root, model, feature_config, dataset)
             if config.backend is not None:
                 state.backend = str(parse_backend(config.backend))
-            features = None if dataset is None else extract_features(dataset, state.feature_config, progress=progress)
+            features = None if dataset is None else extract_features(dataset, state.feature_config, progress=progress,
+                                                                         cache="images")
+            if not main:
+                return None  # another rank of a torchrun launch: its share of the features is extracted
             trained = state.hasher is None
             if trained:
                 state.hasher = _train_hasher(dataset, features, state, config, progress)
@@ -109,7 +116,7 @@ def build_collection(
                              _vectors(features, state), stamp_of, summary, config.thumbnail_size,
                              new_model=previous is None, started=start)
     except BaseException:
-        if created:  # leave nothing behind when a first build fails before its manifest exists
+        if created and main:  # leave nothing behind when a first build fails before its manifest exists
             if not (out / MANIFEST_FILE).exists():
                 shutil.rmtree(out, ignore_errors=True)
         raise
@@ -144,8 +151,9 @@ def _previous_state(out: Path, root: Path, update: bool, model: Any) -> State | 
         collection.close()
 
 
-def _fresh_state(root: Path, model: Any, feature_config: Any) -> State:
-    """A new index's state; with a saved `model`, its hasher (and its feature config, unless one is given)."""
+def _fresh_state(root: Path, model: Any, feature_config: Any, dataset: Dataset) -> State:
+    """A new index's state; with a saved `model`, its hasher (and its feature config, unless one is given);
+    otherwise features at the input size that suits the images' resolution (FeatureConfig.for_data)."""
     state = State(root=root, generation=0, next_id=0, method=None, n_bits=None, feature_config=feature_config)
     if model is not None:
         pipeline = ImagePipeline.load(model)
@@ -153,7 +161,7 @@ def _fresh_state(root: Path, model: Any, feature_config: Any) -> State:
         state.method, state.n_bits = hasher_name(state.hasher), int(state.hasher.n_bits)
         if state.feature_config is None and not pipeline.features_only:
             state.feature_config = pipeline.feature_config
-    state.feature_config = state.feature_config or FeatureConfig()
+    state.feature_config = state.feature_config or FeatureConfig.for_data(dataset)
     return state
 
 

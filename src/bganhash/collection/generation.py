@@ -17,18 +17,18 @@ import numpy as np
 import safetensors.numpy
 from PIL import Image
 
-from bganhash._io import atomic_write, write_json
+from bganhash._io import atomic_write, file_entry, write_json, write_verified_json
 from bganhash._version import __version__
 from bganhash.collection.store import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_FILE,
     collect_garbage,
-    file_sha256,
     model_files,
     referenced_files,
 )
 from bganhash.datasets.base import progress as progress_bar
+from bganhash.hashers.base import saved_files
 from bganhash.index import Index
 from bganhash.index.rerank import FeatureReducer
 
@@ -100,7 +100,8 @@ def write_generation(out: Path, state: State, kept_rows: np.ndarray, dataset: An
     generation = summary.generation
     after_file = _crash_test_pause()
     collect_garbage(out, keep=referenced_files(out))
-    if new_model or state.model_name is None:
+    if new_model or state.model_name is None or saved_files(out / state.model_name) is None:
+        # a model saved before checksums is saved again, verified (the same arrays: the same codes)
         state.model_name = f"model-{generation:06d}"
         state.hasher.save(out / state.model_name)
         after_file()
@@ -146,10 +147,10 @@ def write_generation(out: Path, state: State, kept_rows: np.ndarray, dataset: An
     after_file()
     files = {}
     for name in [*names.values(), *segments, *model_files(out, state.model_name)]:
-        files[name] = state.files.get(name) or {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
+        files[name] = state.files.get(name) or file_entry(out / name)
     manifest = _manifest(state, generation, names, dict(sorted(files.items())),
                          next_id=int(state.next_id + len(members)), n_images=len(ids))
-    write_json(out / MANIFEST_FILE, manifest)  # the switch: one atomic rename
+    write_verified_json(out / MANIFEST_FILE, manifest)  # the switch: one atomic rename
     collect_garbage(out, keep=set(files))
 
 

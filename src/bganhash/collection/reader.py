@@ -66,6 +66,7 @@ class Collection:
         self.ids = ids
         self.codes = codes
         self.paths: list[str] = items["paths"]
+        self.stamps: list[str] = items["stamps"]  # "size:mtime" of a file, "size:CRC" of a zip member
         self._row_of_id = {int(i): row for row, i in enumerate(ids)}
         self._thumbnail_refs = items["thumbnails"]
         if not all(isinstance(name, str) and GENERATION_FILE.match(name) for name in items["segments"]):
@@ -199,7 +200,10 @@ class Collection:
         return self.paths[self.row_of(image_id)]
 
     def thumbnail(self, image_id: int) -> bytes:
-        """The JPEG thumbnail of `image_id`."""
+        """The JPEG thumbnail of `image_id`; refused, as `original` is, when the image's path is now a link out of
+        the collection root (an index built before links were checked may hold one)."""
+        if self._links_outside_root(self.path_of(image_id)):
+            raise InputError(f"image {image_id} is a link to a file outside {self.root}; it is not served")
         segment, offset, length = self._thumbnail_refs[self.row_of(image_id)]
         data = os.pread(self._segment_fds[segment], length, offset)
         if len(data) != length:
@@ -221,6 +225,15 @@ class Collection:
         if not target.is_relative_to(resolved_root) or not target.is_file():
             raise InputError(f"{relative} is no longer a file inside {root}")
         return target.read_bytes()
+
+    def _links_outside_root(self, relative: str) -> bool:
+        """Whether `relative` is an entry of the root folder that resolves outside it (the one link policy of
+        indexing, thumbnails and originals: follow a link only when it stays inside the root)."""
+        root = Path(self.root)
+        entry = root / relative
+        if not root.is_dir() or not os.path.lexists(entry):  # a zip, or a file gone: nothing to follow
+            return False
+        return not entry.resolve().is_relative_to(root.resolve())
 
     @property
     def report(self) -> dict[str, Any]:

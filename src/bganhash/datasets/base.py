@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import io
 import os
 import threading
 import warnings
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
+from PIL import Image
 
+from bganhash._progress import progress
 from bganhash._validation import InputError, check_positive_int
 from bganhash.datasets.images import decode_image, resize_square
 
 ON_ERROR_CHOICES = ("skip", "raise")
+DIGEST_BYTES = 16
 _REPORTED_BAD_FILES = 5
-
-
-def progress(iterable: Iterable, total: int | None = None, desc: str = "") -> Iterable:
-    """A tqdm bar on stderr that hides itself when stderr is not a terminal."""
-    return tqdm(iterable, total=total, desc=desc, disable=None, leave=False, unit="img")
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -35,12 +33,16 @@ class ImageSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def read(self, position: int) -> np.ndarray: ...
+    def read(self, position: int, min_side: int | None = None) -> np.ndarray: ...
 
     def dense(self) -> np.ndarray | None:
         """All images as one (N, H, W, 3) uint8 array when the source keeps them in memory, else None."""
 
     def fingerprint(self, positions: np.ndarray) -> str: ...
+
+    def digest(self, position: int) -> bytes: ...
+
+    def side(self, position: int) -> int: ...
 
 
 class ArraySource:
@@ -54,11 +56,18 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.images)
 
-    def read(self, position: int) -> np.ndarray:
+    def read(self, position: int, min_side: int | None = None) -> np.ndarray:
         return self.images[position]
 
     def dense(self) -> np.ndarray:
         return self.images
+
+    def side(self, position: int) -> int:
+        return int(min(self.images.shape[1:3]))
+
+    def digest(self, position: int) -> bytes:
+        image = np.ascontiguousarray(self.images[position])
+        return hashlib.sha256(f"pixels{image.shape}".encode() + image.tobytes()).digest()[:DIGEST_BYTES]
 
     def fingerprint(self, positions: np.ndarray) -> str:
         digest = hashlib.sha256(f"array{self.images.shape[1:]}".encode())
@@ -78,11 +87,27 @@ class _MemberSource(abc.ABC):
     def raw(self, position: int) -> Path | bytes:
         """The member's path (folders) or bytes (archives), as the decoder takes them."""
 
-    def read(self, position: int) -> np.ndarray:
-        return decode_image(self.raw(position), self.members[position])
+    def read(self, position: int, min_side: int | None = None) -> np.ndarray:
+        return decode_image(self.raw(position), self.members[position], min_side)
 
     def dense(self) -> None:
         return None
+
+    def side(self, position: int) -> int:
+        raw = self.raw(position)
+        try:
+            with Image.open(io.BytesIO(raw) if isinstance(raw, bytes) else raw) as image:  # the header only
+                return int(min(image.size))
+        except Exception as exc:  # Pillow raises many types on bad files
+            raise InputError(f"cannot read image {self.members[position]}: {exc}") from exc
+
+    def digest(self, position: int) -> bytes:
+        raw = self.raw(position)
+        try:
+            data = raw if isinstance(raw, bytes) else raw.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read image {self.members[position]}: {exc}") from exc
+        return hashlib.sha256(b"file" + data).digest()[:DIGEST_BYTES]
 
 
 class FileSource(_MemberSource):
@@ -147,7 +172,7 @@ class DecodedOnceSource:
     def __len__(self) -> int:
         return len(self.inner)
 
-    def read(self, position: int) -> np.ndarray:
+    def read(self, position: int, min_side: int | None = None) -> np.ndarray:
         return self.dense()[position]
 
     def dense(self) -> np.ndarray:
@@ -169,6 +194,12 @@ class DecodedOnceSource:
                 )
             images[position] = image
         return images
+
+    def digest(self, position: int) -> bytes:
+        return self.inner.digest(position)
+
+    def side(self, position: int) -> int:
+        return self.inner.side(position)
 
     def fingerprint(self, positions: np.ndarray) -> str:
         return self.inner.fingerprint(positions)
@@ -257,11 +288,23 @@ class Dataset:
     def n_classes(self) -> int | None:
         return None if self.class_names is None else len(self.class_names)
 
-    def read_image(self, index: int) -> np.ndarray:
-        """Image `index` as an (H, W, 3) uint8 RGB array; InputError naming the location on failure."""
+    def typical_side(self, sample: int = 64) -> int:
+        """The median shorter side, in pixels, of up to `sample` of the images (spread evenly; headers only)."""
+        if len(self) == 0:
+            raise InputError(f"dataset {self.name!r} has no images")
+        picked = np.unique(np.linspace(0, len(self) - 1, min(sample, len(self))).astype(np.int64))
+        return int(np.median([self._source.side(int(self._positions[i])) for i in picked]))
+
+    def content_digest(self, index: int) -> bytes:
+        """A 16-byte digest of image `index`'s file content (or pixels, for in-memory images)."""
+        return self._source.digest(int(self._positions[self._check_indices([index])[0]]))
+
+    def read_image(self, index: int, min_side: int | None = None) -> np.ndarray:
+        """Image `index` as an (H, W, 3) uint8 RGB array; InputError naming the location on failure.
+        With `min_side`, large files may decode at reduced size (both sides still at least `min_side`)."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self):
             raise InputError(f"index={index!r} must be an integer in [0, {len(self)})")
-        return self._source.read(int(self._positions[index]))
+        return self._source.read(int(self._positions[index]), min_side)
 
     def iter_batches(
         self, batch_size: int, indices: Any = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 import zipfile
 from pathlib import Path
@@ -17,26 +18,64 @@ _IGNORED_FOLDERS = {"__MACOSX"}
 
 
 def list_image_files(path: str | os.PathLike) -> list[str]:
-    """Sorted '/'-separated paths of the image files in a directory tree or zip, hidden entries skipped."""
+    """Sorted '/'-separated paths of the image files in a directory tree or zip, hidden entries skipped, and
+    so are links that lead outside the folder and anything that is not a regular file (see `scan_image_files`,
+    which also says what it skipped and why)."""
+    return scan_image_files(path)[0]
+
+
+def scan_image_files(path: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files of a directory tree or zip (sorted '/'-separated paths), and (path, reason) for each
+    image-named entry skipped: a symbolic link is followed only when it resolves inside the folder (a link
+    to a folder is not descended: what it holds inside the root is indexed under its own path), and named
+    pipes, devices and sockets are never opened (reading a pipe would block forever)."""
     path = Path(path)
     if path.is_dir():
-        return sorted(_walk_directory(path))
+        found, skipped = _walk_directory(path)
+        return sorted(found), sorted(skipped)
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = [info.filename for info in archive.infolist() if not info.is_dir()]
-        return sorted(name for name in names if _visible(name) and is_image_name(name))
+        return sorted(name for name in names if _visible(name) and is_image_name(name)), []
     if path.exists():
         raise InputError(f"{path} is neither a folder nor a zip archive of images")
     raise InputError(f"{path} does not exist")
 
 
-def _walk_directory(root: Path) -> list[str]:
-    found = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".") and d not in _IGNORED_FOLDERS]
+def _walk_directory(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    found: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    resolved_root = root.resolve()
+    for directory, subdirs, files in os.walk(root):  # does not descend into links to folders
         relative = Path(directory).relative_to(root)
-        found += [(relative / f).as_posix() for f in files if is_image_name(f)]
-    return found
+        linked = [d for d in subdirs if os.path.islink(os.path.join(directory, d))]
+        skipped += [((relative / d).as_posix(), "skipped: a link to a folder (links to folders are not followed)")
+                    for d in linked if not d.startswith(".")]
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and d not in _IGNORED_FOLDERS and d not in linked]
+        for name in files:
+            if not is_image_name(name):
+                continue
+            problem = _entry_problem(Path(directory) / name, resolved_root)
+            if problem is None:
+                found.append((relative / name).as_posix())
+            else:
+                skipped.append(((relative / name).as_posix(), problem))
+    return found, skipped
+
+
+def _entry_problem(entry: Path, resolved_root: Path) -> str | None:
+    """Why the directory entry `entry` is not indexed (None when it is a regular file inside the root)."""
+    try:
+        if entry.is_symlink() and not entry.resolve().is_relative_to(resolved_root):
+            return "skipped: a symbolic link to a file outside the folder"
+        mode = entry.stat().st_mode  # follows a link inside the root
+    except (OSError, RuntimeError) as exc:  # a dangling or looping link, or the entry vanished
+        return f"skipped: cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+        return f"skipped: {kind}, not a regular file"
+    return None
 
 
 def _visible(member: str) -> bool:

@@ -21,7 +21,7 @@ from bganhash.features.config import FeatureConfig
 
 logger = logging.getLogger(__name__)
 
-PREPROCESSING_VERSION = 1  # bump when preprocess_images changes, so old caches stop matching
+PREPROCESSING_VERSION = 2  # bump when decoding or resize_pixels changes, so old caches stop matching
 
 
 def feature_cache_dir() -> Path:
@@ -33,6 +33,8 @@ def preprocessing_key(config: FeatureConfig) -> str:
     """Short hash of everything in preprocessing besides the size (resize mode, scaling, code version)."""
     description = {"resize": config.resize, "antialias": "when downscaling", "scaling": "backbone input_mean/std",
                    "version": PREPROCESSING_VERSION}
+    if config.precision != "fp32":
+        description["precision"] = config.precision
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -82,11 +84,39 @@ def load_features(path: str | os.PathLike, n_expected: int | None = None) -> np.
         raise InputError(f"features file {path} must be a .npy file (numpy.save); got suffix {path.suffix!r}")
     if not path.is_file():
         raise InputError(f"features file {path} does not exist")
+    check_npy_header(path)  # before reading: a header may claim more than the file (or the memory) holds
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"features file {path} cannot be read as a plain .npy array: {exc}") from exc
     features = check_features(array, name=f"features file {path}")
     if n_expected is not None and features.shape[0] != n_expected:
         raise InputError(f"features file {path} has {features.shape[0]} rows, but the dataset has {n_expected} images")
     return features
+
+
+def check_npy_header(path: Path) -> None:
+    """InputError unless `path` starts with a .npy header of a 2-D real numeric array (no objects) whose
+    data is exactly the rest of the file; reads the header only."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version not in readers:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, _, dtype = readers[version](handle)
+            data_starts = handle.tell()
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError...
+        size = path.stat().st_size
+        problem = "it is empty (0 bytes)" if size == 0 else f"its header is unreadable: {exc}"
+        raise InputError(f"features file {path} is not a .npy array: {problem}") from None
+    if len(shape) != 2:
+        raise InputError(f"features file {path} holds a {len(shape)}-D array of shape {shape}; features are 2-D "
+                         "(n_images, n_features)")
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise InputError(f"features file {path} holds dtype {dtype}; features must be real numbers (float32)")
+    expected = data_starts + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual != expected:
+        raise InputError(f"features file {path} is truncated or corrupted: its header claims shape {shape} of "
+                         f"{dtype} ({expected:,} bytes), but the file has {actual:,}")

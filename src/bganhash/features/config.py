@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from bganhash._validation import InputError, check_positive_int
 from bganhash.features.backbones import list_backbones
 
 RESIZE_MODES = ("bilinear", "bicubic", "nearest", "area")
+MAX_UPSCALING = 12  # image_size_for_side: digits (8 px) scored best at 96 px = 12x (RESULTS.md)
+SMALLEST_DEFAULT_SIZE = 64
+RUNTIMES = ("auto", "onnxruntime", "openvino", "torch")  # see features.runtime
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -24,6 +29,17 @@ class FeatureConfig:
     image_size: int = 224
     batch_size: int = 64
     resize: str = "bilinear"
+    runtime: str = "auto"
+    precision: str = "fp32"
+
+    @classmethod
+    def for_data(cls, dataset: Any, **fields: Any) -> FeatureConfig:
+        """The config for `dataset`: `fields` as given, and unless `image_size` is among them, the input size
+        that follows the images' own resolution (`image_size_for_side` of their typical shorter side)."""
+        config = cls(**fields)
+        if fields.get("image_size") is None:
+            config = replace(config, image_size=image_size_for_side(dataset.typical_side()))
+        return config
 
     def validate(self) -> FeatureConfig:
         """Return self, or raise InputError naming the bad field."""
@@ -33,4 +49,17 @@ class FeatureConfig:
         check_positive_int(self.batch_size, "batch_size")
         if self.resize not in RESIZE_MODES:
             raise InputError(f"resize={self.resize!r} must be one of {', '.join(RESIZE_MODES)}")
+        if self.runtime not in RUNTIMES:
+            raise InputError(f"runtime={self.runtime!r} must be one of {', '.join(RUNTIMES)}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         return self
+
+
+def image_size_for_side(side: int, largest: int = 224) -> int:
+    """The default input size for images whose shorter side is `side` px: at most MAX_UPSCALING times that
+    side, in steps of 32, between SMALLEST_DEFAULT_SIZE and the backbone's own 224. Digits (8 px) get 96, at
+    which they measured best (mAP@all 0.60 against 0.46 at 224, RESULTS.md); CIFAR-10 (32 px) and photos
+    get 224, which measured best for CIFAR-10."""
+    size = max(SMALLEST_DEFAULT_SIZE, (MAX_UPSCALING * int(side)) // 32 * 32)
+    return min(size, largest)

@@ -5,17 +5,26 @@ from __future__ import annotations
 import inspect
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import safetensors.numpy
 
-from bganhash._io import atomic_write, read_safetensors, read_versioned_json, write_json
+from bganhash._io import (
+    atomic_write,
+    file_entry,
+    read_safetensors,
+    read_verified_json,
+    verify_file,
+    write_verified_json,
+)
 from bganhash._validation import InputError, check_features, check_fitted, check_positive_int
 
 FORMAT_NAME = "bganhash-hasher"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hasher.json checksums itself and every other file of the directory (version 1: none)
+VERIFIED_SINCE = 2
 METADATA_FILE = "hasher.json"
 ARRAYS_FILE = "hasher.safetensors"
 _ENCODE_CHUNK_ROWS = 16384
@@ -85,8 +94,10 @@ class Hasher(ABC):
 
     # ---- persistence -----------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the fitted hasher to directory `path` (hasher.json + hasher.safetensors); returns it."""
+    def save(self, path: str | os.PathLike, *, covering: Sequence[str] = ()) -> Path:
+        """Write the fitted hasher to directory `path` (hasher.safetensors, then hasher.json, which records the
+        checksum of every file of the directory: the arrays and the files named in `covering`, already written
+        there, such as a pipeline's pipeline.json); returns the directory."""
         check_fitted(self, "n_features_in_")
         directory = Path(path)
         if directory.exists() and not directory.is_dir():
@@ -103,7 +114,8 @@ class Hasher(ABC):
         contiguous = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
         with atomic_write(directory / ARRAYS_FILE, "wb") as handle:
             handle.write(safetensors.numpy.save(contiguous))
-        write_json(directory / METADATA_FILE, document)
+        document["files"] = {name: file_entry(directory / name) for name in sorted({ARRAYS_FILE, *covering})}
+        write_verified_json(directory / METADATA_FILE, document)
         return directory
 
     @classmethod
@@ -111,13 +123,14 @@ class Hasher(ABC):
         """Read a hasher written by `save`; refuses unknown classes, other formats and missing files."""
         directory = Path(path)
         document = _read_metadata(directory / METADATA_FILE)
+        verify_listed_files(directory, document)
         hasher_class = _resolve_class(document.get("class"), directory)
         if not issubclass(hasher_class, cls):
             raise InputError(f"{directory} holds a {hasher_class.__name__}, not a {cls.__name__}")
         arrays = _read_arrays(directory / ARRAYS_FILE, document.get("arrays", []))
         try:
             hasher = hasher_class(**document.get("params", {}))
-        except TypeError as exc:
+        except (TypeError, InputError) as exc:
             raise InputError(
                 f"{directory / METADATA_FILE} has parameters {hasher_class.__name__} rejects: {exc}"
             ) from exc
@@ -184,8 +197,32 @@ def saved_class_is_loaded(path: str | os.PathLike) -> bool:
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:
-    """The JSON half of a saved hasher, checked for our format name and a known version."""
-    return read_versioned_json(path, FORMAT_NAME, FORMAT_VERSION, "a saved bganhash hasher")
+    """The JSON half of a saved hasher, checked for our format name, a known version and its own checksum
+    (version 1, from before checksums, loads with a warning)."""
+    document = read_verified_json(path, FORMAT_NAME, FORMAT_VERSION, "a saved bganhash hasher", VERIFIED_SINCE)
+    kinds = {"class": str, "params": dict, "attributes": dict, "arrays": list, "files": dict}
+    wrong = [key for key, kind in kinds.items() if key in document and not isinstance(document[key], kind)]
+    if wrong or (document["format_version"] >= VERIFIED_SINCE and "files" not in document):
+        raise InputError(f"{path} is corrupted: {', '.join(wrong) or 'files'} missing or of the wrong type")
+    return document
+
+
+def verify_listed_files(directory: Path, document: dict[str, Any]) -> None:
+    """Check every file hasher.json lists against its checksum (the arrays must be among them)."""
+    files = document.get("files")
+    if files is None:  # format version 1: nothing to check (the warning was given when reading it)
+        return
+    if ARRAYS_FILE not in files or not all(isinstance(name, str) and "/" not in name and name != METADATA_FILE
+                                           and not name.startswith(".") for name in files):
+        raise InputError(f"{directory / METADATA_FILE} is corrupted: it does not list the directory's own files")
+    for name, expected in files.items():
+        verify_file(directory / name, expected, directory / METADATA_FILE)
+
+
+def saved_files(path: str | os.PathLike) -> list[str] | None:
+    """The files the hasher saved in directory `path` lists as verified (None for a version-1 save)."""
+    document = _read_metadata(Path(path) / METADATA_FILE)
+    return sorted(document["files"]) if "files" in document else None
 
 
 def _resolve_class(name: Any, directory: Path) -> type[Hasher]:

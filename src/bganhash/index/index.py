@@ -2,7 +2,8 @@
 
 `Index(n_bits, backend="flat")` stores packed codes (uint8, (n, ceil(n_bits/8))) and int64 ids;
 `search(codes, k)` returns (distances int32, ids int64), nearest first, ties broken by insertion
-order; a slot with no result holds id -1 and distance `MISSING_DISTANCE` (int32 max, as faiss).
+order, k capped at the number of codes held (so a huge k costs no memory); a slot an approximate backend
+found no result for holds id -1 and distance `MISSING_DISTANCE` (int32 max, as faiss).
 
 The backend ("flat", exact; "hnsw:M", "mih:T", "ivf:L", approximate: `bganhash.index.backend`) picks the
 searcher (`bganhash.index.engines`). The approximate backends return their results ordered by (distance,
@@ -121,29 +122,25 @@ class Index:
         self._ids = np.concatenate([self._ids, new_ids])
 
     def search(self, codes: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k nearest codes of each query: (distances int32, ids int64), both (n_queries, k).
+        """The k nearest codes of each query: (distances int32, ids int64), both (n_queries, min(k, ntotal)).
 
-        Nearest first, ties by insertion order; slots beyond ntotal (or, for the approximate backends,
-        beyond what they found) hold id -1 and distance MISSING_DISTANCE (int32 max).
+        Nearest first, ties by insertion order; k is capped at ntotal (faiss would pad to k: here a k of 10**8
+        allocates nothing for the slots no code could fill); slots beyond what an approximate backend found
+        hold id -1 and distance MISSING_DISTANCE (int32 max).
         """
         return self.search_packed(self._pack_queries(codes), k)
 
     def search_packed(self, packed: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """`search` for packed queries, uint8 (n_queries, ceil(n_bits/8))."""
         queries = check_packed(packed, "packed queries", self.n_bits)
-        k = check_positive_int(k, "k")
-        found = min(k, self.ntotal)
-        if not found or not queries.shape[0]:
+        k = min(check_positive_int(k, "k"), self.ntotal)  # capped: no slot beyond what the index holds
+        if not k or not queries.shape[0]:
             shape = (queries.shape[0], k)
             return np.full(shape, MISSING_DISTANCE, np.int32), np.full(shape, -1, np.int64)
-        distances, positions = self._searcher.search(queries, found, self._codes)
+        distances, positions = self._searcher.search(queries, k, self._codes)
         ids = self._ids[positions]
         if not self.exact:  # the approximate backends mark what they did not find with position -1
             ids[positions < 0] = -1
-        if found < k:
-            padding = ((0, 0), (0, k - found))
-            distances = np.pad(distances, padding, constant_values=MISSING_DISTANCE)
-            ids = np.pad(ids, padding, constant_values=-1)
         return distances, ids
 
     def ranking(self, codes: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from bganhash._progress import progress_bar
 from bganhash._system import import_faiss, usable_cpus
 from bganhash._validation import InputError, check_features, check_positive_int
 from bganhash.neighborhood.checks import check_knn, check_same_rows
@@ -110,7 +109,7 @@ def _knn_ivf(unit: np.ndarray, k: int, nprobe: int, progress: bool) -> np.ndarra
     index.add(unit)
     index.nprobe = min(nprobe, n_lists)
     lists = np.empty((n, k + 1), dtype=np.int64)
-    with tqdm(total=n, desc="K-NN (faiss IVF)", unit="rows", disable=not progress, file=sys.stderr) as bar:
+    with progress_bar(n, "K-NN (faiss IVF)", "rows", enabled=progress) as bar:
         order = _list_order(faiss, index)
         for start in range(0, n, _IVF_QUERY_BLOCK):
             rows = order[start : start + _IVF_QUERY_BLOCK]

