@@ -19,7 +19,7 @@ import numpy as np
 from _common import CIFAR10_ZIP, make_parser, results_path, write_results
 from bench_collections import precision_at_10
 from bganhash.bgan.estimator import BGANHasher
-from bganhash.collection import small_collection_neighborhood
+from bganhash.collection import collection_bgan_settings
 from bganhash.datasets import load_dataset
 from bganhash.features.extract import extract_features
 from bganhash.hashers import ITQ
@@ -69,7 +69,7 @@ def main() -> None:
         for name, overrides in variants:
             for seed in args.seeds:
                 started = time.perf_counter()
-                params = {**small_collection_neighborhood(n_images), **overrides}
+                params = {**collection_bgan_settings(n_images), **overrides}
                 hasher = BGANHasher(args.bits, random_state=seed, **params)
                 hasher.fit(features[collection], images=images[collection], progress=False)
                 row = {"variant": name, "overrides": overrides, "seed": seed, "n_images": n_images,

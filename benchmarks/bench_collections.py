@@ -18,7 +18,7 @@ import numpy as np
 
 from _common import CIFAR10_ZIP, make_parser, results_path, write_results
 from bganhash.bgan.estimator import BGANHasher
-from bganhash.collection import small_collection_neighborhood
+from bganhash.collection import collection_bgan_settings
 from bganhash.datasets import load_dataset
 from bganhash.features.extract import extract_features
 from bganhash.features.transforms import transform_features
@@ -35,7 +35,7 @@ def precision_at_10(ranked_ids: np.ndarray, query_labels: np.ndarray, labels: np
 def hasher_for(method: str, n_bits: int, n_images: int):
     if method == "itq":
         return ITQ(n_bits, random_state=0)
-    return BGANHasher(n_bits, random_state=0, **small_collection_neighborhood(n_images))
+    return BGANHasher(n_bits, random_state=0, **collection_bgan_settings(n_images))
 
 
 def evaluate(method, n_bits, features, images, labels, collection, queries, dimensions, candidates) -> dict:

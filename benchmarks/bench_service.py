@@ -73,23 +73,31 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(index: Path, port: int, threads: int, runtime: str | None = None) -> subprocess.Popen:
-    """The service on 127.0.0.1:port in a subprocess; `runtime` forces the backbone's runtime (e.g. torch)."""
-    code = ("import sys; from bganhash.serve.app import serve; "
-            "serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]), torch_threads=int(sys.argv[3]), log_level='warning')")
+def start_server(index: Path, port: int, threads: int, runtime: str | None = None, *, max_pixels: int | None = None,
+                 log: Path | None = None, wait_s: float = 180) -> subprocess.Popen:
+    """The service on 127.0.0.1:port in a subprocess, once it answers /health (the benchmarks and the upload
+    attack share it). `runtime` forces the backbone's runtime (e.g. torch); `max_pixels` the upload pixel limit
+    (None: the service's default); `log` takes the server's output (None: this terminal)."""
+    options = {"torch_threads": threads, "log_level": "warning", **({"max_pixels": max_pixels} if max_pixels else {})}
+    code = ("import json, sys; from bganhash.serve.app import serve; "
+            "serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]), **json.loads(sys.argv[3]))")
     env = {**os.environ, **({"BGANHASH_RUNTIME": runtime} if runtime else {})}
-    process = subprocess.Popen([sys.executable, "-c", code, str(index), str(port), str(threads)], env=env)
-    deadline = time.monotonic() + 180
+    output = log.open("wb") if log else None
+    process = subprocess.Popen([sys.executable, "-c", code, str(index), str(port), json.dumps(options)], env=env,
+                               stdout=output, stderr=subprocess.STDOUT if output else None)
+    if output:
+        output.close()  # the child holds its own copy
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"the server exited with code {process.returncode}")
+            raise SystemExit(f"the server exited with code {process.returncode}" + (f"; see {log}" if log else ""))
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                 return process
         except OSError:
             time.sleep(0.2)
     process.kill()
-    raise SystemExit("the server did not answer /health within 180 s")
+    raise SystemExit(f"the server did not answer /health within {wait_s:.0f} s")
 
 
 def load_test(port: int, clients: int, duration: float, make_request, seed: int) -> dict:

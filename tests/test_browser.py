@@ -58,12 +58,12 @@ def digits(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def base_url(digits) -> str:
-    out = digits.parent / "digits.index"
+def served(photos: Path):
+    """Index `photos` (LSH, 32 bits) and serve it on a free loopback port: yields the base URL."""
+    out = photos.parent / f"{photos.name}.index"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BGANHASH_CACHE", str(digits.parent / "cache"))
-        build_collection(digits, out, config=BuildConfig(method="lsh", n_bits=32),
+        patch.setenv("BGANHASH_CACHE", str(photos.parent / "cache"))
+        build_collection(photos, out, config=BuildConfig(method="lsh", n_bits=32),
                          feature_config=FeatureConfig(image_size=32), progress=False)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(out), host="127.0.0.1", port=port, log_level="warning"))
@@ -76,6 +76,20 @@ def base_url(digits) -> str:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(digits) -> str:
+    yield from served(digits)
+
+
+@pytest.fixture(scope="module")
+def copies_url(tmp_path_factory) -> str:
+    """A service over 6 digits and one exact copy of 0002.png."""
+    folder = tmp_path_factory.mktemp("browser-copies") / "photos"
+    written = write_digits(folder, range(6), size=48)
+    shutil.copy(written[2], folder / "copy-of-0002.png")
+    yield from served(folder)
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +153,23 @@ def test_a_bad_upload_shows_the_services_error_and_the_page_keeps_working(browse
     browser.find_element(By.ID, "file").send_keys(str(digits / "0003.png"))
     wait.until(lambda d: len(card_texts(d)) == K)
     assert "0003.png" in card_texts(browser)[0]
+
+
+def test_the_search_page_links_to_the_duplicates_page_which_shows_the_copies(browser, copies_url):
+    browser.get(copies_url + "/")
+    wait = WebDriverWait(browser, WAIT_S)
+    wait.until(lambda d: "7 images" in d.find_element(By.ID, "info").text)
+    browser.find_element(By.LINK_TEXT, "duplicates").click()
+    wait.until(lambda d: d.current_url.rstrip("/").endswith("/duplicates"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#groups .group"))
+    groups = browser.find_elements(By.CSS_SELECTOR, "#groups .group")
+    assert "exact copies" in groups[0].text and "2 images" in groups[0].text
+    wait.until(lambda d: d.execute_script(  # the group's two thumbnails, loaded and decoded
+        "const images = [...document.querySelector('#groups .group').querySelectorAll('img')];"
+        "return images.length === 2 && images.every(img => img.complete && img.naturalWidth > 0);"))
+    captions = [img.get_attribute("alt") for img in groups[0].find_elements(By.TAG_NAME, "img")]
+    assert sorted(captions) == ["0002.png", "copy-of-0002.png"]
+    status = browser.find_element(By.ID, "status").text
+    assert "(1 exact)" in status and "error" not in browser.find_element(By.ID, "status").get_attribute("class")
+    assert browser.execute_script(  # the shared style sheet is applied
+        "return getComputedStyle(document.body).getPropertyValue('--accent').trim();") == "#0a66c2"

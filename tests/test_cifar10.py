@@ -163,7 +163,8 @@ def test_image_tree_size_mismatch_is_reported(tmp_path, rng):
 
 
 def test_no_data_explains_how_to_get_it():
-    with pytest.raises(InputError, match="download=True"):
+    with pytest.raises(InputError, match=r"needs the CIFAR-10 data: pass data=PATH \(CLI: --data PATH\).*"
+                                         r"download=True \(CLI: --download\)"):
         load_dataset("cifar10")
     with pytest.raises(InputError, match="does not exist"):
         load_dataset("cifar10", "/no/such/cifar")

@@ -3,6 +3,8 @@ one line, a feature-cache hit, what mAP@all is."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +96,58 @@ def test_train_help_says_what_map_at_all_is():
     help_text = " ".join(run("train", "--help").stdout.split())
     assert "mAP@all is the mean, over the query images, of the average precision" in help_text
     assert "--download" in help_text
+
+
+def test_library_messages_name_the_python_argument_and_the_cli_option(tmp_path):
+    from bganhash.datasets import load_dataset
+    from bganhash.registry import load_hasher
+
+    with pytest.raises(InputError) as missing_model:
+        load_hasher(tmp_path / "no-model")
+    assert "bganhash train" in str(missing_model.value) and "hasher.save(PATH)" in str(missing_model.value)
+    assert "save()" not in str(missing_model.value)
+    with pytest.raises(InputError) as no_data:
+        load_dataset("cifar10")
+    message = str(no_data.value)
+    assert "data=PATH (CLI: --data PATH)" in message and "download=True (CLI: --download)" in message
+    assert "data=..." not in message
+
+
+def test_under_torchrun_only_local_rank_0_downloads_and_the_others_wait_for_its_file(tmp_path, monkeypatch):
+    import hashlib
+    import threading
+
+    import bganhash.datasets.cifar10 as cifar10
+    from bganhash.cli import _common
+
+    content = b"a stand-in for cifar-10-python.tar.gz"
+    downloads = []
+    monkeypatch.setenv("BGANHASH_CACHE", str(tmp_path))
+    monkeypatch.setattr(cifar10, "OFFICIAL_MD5", hashlib.md5(content).hexdigest())
+    monkeypatch.setattr(cifar10, "download_cifar10", lambda target: downloads.append(target) or target / "x.tar.gz")
+    monkeypatch.setattr(_common, "_DOWNLOAD_POLL_S", 0.05)
+    tarball = tmp_path / "cifar10" / "cifar-10-python.tar.gz"
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert _common.resolve_data("cifar10", None, True) == tmp_path / "cifar10" / "x.tar.gz"
+    assert downloads == [tmp_path / "cifar10"]
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    tarball.parent.mkdir(parents=True)
+    tarball.write_bytes(b"an old, partial copy")  # not the right md5: rank 1 keeps waiting
+
+    def finish_download() -> None:
+        time.sleep(0.4)
+        (tmp_path / "partial").write_bytes(content)
+        os.replace(tmp_path / "partial", tarball)
+
+    writer = threading.Thread(target=finish_download)
+    writer.start()
+    assert _common.resolve_data("cifar10", None, True) == tarball
+    writer.join()
+    assert len(downloads) == 1  # rank 1 did not download
+
+    tarball.unlink()
+    monkeypatch.setattr(_common, "DOWNLOAD_WAIT_S", 0.2)
+    with pytest.raises(InputError, match="local rank 1 waited .* for local rank 0 to download"):
+        _common.resolve_data("cifar10", None, True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -227,3 +228,47 @@ def test_index_help_names_the_backends(cli):
     result = run(cli, "index", "--help")
     assert result.exit_code == 0 and "--backend" in result.stdout and "hnsw:32" in result.stdout
     assert "ivf:1024" in result.stdout
+
+
+def test_serve_passes_each_allowed_host_to_the_service(cli, monkeypatch, tmp_path):
+    import bganhash.serve.app as app_module
+
+    calls = []
+    monkeypatch.setattr(app_module, "serve", lambda *args, **kwargs: calls.append((args, kwargs)))
+    result = run(cli, "serve", tmp_path / "pics.index", "--allowed-host", "photos.lan",
+                 "--allowed-host", "*", "--port", "0")
+    assert result.exit_code == 0, result.output
+    [(args, kwargs)] = calls
+    assert kwargs["allowed_hosts"] == ["photos.lan", "*"] and args[1:] == ("127.0.0.1", 0)
+    run(cli, "serve", tmp_path / "pics.index")
+    assert calls[1][1]["allowed_hosts"] == []
+    assert "--allowed-host" in run(cli, "serve", "--help").stdout
+
+
+@pytest.mark.parametrize("value", ["89478486", "0"])
+def test_serve_max_pixels_out_of_range_is_a_one_line_error(cli, shared, value):
+    result = run(cli, "serve", shared[1], "--max-pixels", value)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.startswith("Error: --max-pixels") and "1 to 89,478,485" in result.stderr
+
+
+def test_a_local_query_over_the_upload_pixel_limit_is_searched(cli, shared, tmp_path):
+    query = tmp_path / "big.jpg"
+    Image.new("RGB", (7800, 7800), (200, 40, 40)).save(query, quality=50)  # 60.8 MP, a few hundred KB
+    assert 7800 * 7800 > 50_000_000
+    [record] = json_lines(run(cli, "search", shared[1], query, "-k", "2", "--json"))
+    assert record["query"] == str(query) and len(record["results"]) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes and symbolic links need POSIX")
+def test_index_text_lists_skipped_links_and_pipes_apart_from_unreadable_files(cli, photos, tmp_path):
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(tmp_path / "outside.jpg")
+    (photos / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    os.mkfifo(photos / "pipe.jpg")
+    result = run(cli, "index", photos, "--out", tmp_path / "pics.index", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "1 unreadable file(s), 2 skipped" in result.stdout
+    lines = result.stdout.splitlines()
+    assert any(line.strip().startswith("unreadable: corrupt.png") for line in lines)
+    assert any(line.strip().startswith("skipped: pipe.jpg (a named pipe") for line in lines)
+    assert any(line.strip().startswith("skipped: link.jpg (a symbolic link") for line in lines)

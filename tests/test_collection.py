@@ -26,8 +26,8 @@ from bganhash.collection import (
     Collection,
     QueryImageError,
     build_collection,
+    collection_bgan_settings,
     decode_query,
-    small_collection_neighborhood,
 )
 from bganhash.features.config import FeatureConfig
 from bganhash.registry import load_hasher
@@ -417,9 +417,12 @@ def test_a_bgan_index_trains_saves_and_searches(tmp_path):
         assert collection.search_images([image], k=3)[0][0].distance == 0
 
 
-@pytest.mark.parametrize("n_images, k", [(40, 3), (1_000, 5), (10_000, 50), (59_000, 50)])
-def test_bgan_neighborhood_shrinks_with_small_collections(n_images, k):
-    assert small_collection_neighborhood(n_images) == {"k1": k, "k2": k}
+@pytest.mark.parametrize("n_images, k, epochs", [(40, 3, 400), (1_000, 5, 50), (10_000, 50, 6), (59_000, 50, 5)])
+def test_bgan_neighborhood_shrinks_and_schedule_grows_with_small_collections(n_images, k, epochs):
+    settings = collection_bgan_settings(n_images)
+    assert (settings["k1"], settings["k2"], settings["epochs_per_stage"]) == (k, k, epochs)
+    steps = settings["epochs_per_stage"] * 4 * -(-n_images // 128)
+    assert steps >= 1_600  # every collection gets at least the steps 10,000 images get
 
 
 @pytest.mark.slow

@@ -89,8 +89,8 @@ def test_bad_indices_are_rejected(digits, indices):
         (lambda: load_dataset("imagenet"), "unknown dataset"),
         (lambda: load_dataset("digits", "somewhere"), "takes no data"),
         (lambda: load_dataset("digits", colour=True), "unknown option"),
-        (lambda: load_dataset("folder"), "needs data"),
-        (lambda: load_dataset("folder", "x", download=True), "only available for cifar10"),
+        (lambda: load_dataset("folder"), r"needs its data: pass data=PATH \(CLI: --data PATH\)"),
+        (lambda: load_dataset("folder", "x", download=True), r"only CIFAR-10 can be downloaded .*CLI: --download"),
         (lambda: load_dataset("digits", on_error="ignore"), "on_error"),
     ],
 )

@@ -133,3 +133,19 @@ def test_the_service_shows_the_groups_as_thumbnails(index_dir):
         icon = client.get("/favicon.ico")
         assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon" and icon.content[:4] == (
             b"\x00\x00\x01\x00")
+
+
+def test_both_pages_share_one_style_sheet(index_dir):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from bganhash.serve.app import create_app
+
+    with TestClient(create_app(index_dir, warm_up=False), raise_server_exceptions=False) as client:
+        pages = [client.get("/").text, client.get("/duplicates").text]
+        sheet = client.get("/static/common.css")
+    assert sheet.status_code == 200 and sheet.headers["content-type"].startswith("text/css")
+    assert "--accent" in sheet.text and "#status.error" in sheet.text
+    for page in pages:
+        assert '<link rel="stylesheet" href="/static/common.css">' in page
+        assert "--accent:" not in page and "box-sizing" not in page  # the shared rules are not copied in

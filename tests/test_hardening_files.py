@@ -218,6 +218,30 @@ def test_index_does_not_hang_on_a_pipe_nor_index_an_outside_link(hostile_folder,
     assert {path for path, _ in summary.unreadable} == {"secret.png", "linked-folder", "pipe.jpg"}
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_a_file_replaced_by_a_pipe_after_the_scan_is_refused_not_opened(tmp_path):
+    from bganhash.datasets.base import FileSource
+
+    write_digits(tmp_path / "photos", range(2))
+    source = FileSource(tmp_path / "photos", ["0000.png", "0001.png"])
+    (tmp_path / "photos" / "0001.png").unlink()
+    os.mkfifo(tmp_path / "photos" / "0001.png")  # opening it for reading would block until a writer comes
+
+    def hang(*_):
+        raise TimeoutError("reading a named pipe blocked")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(20)
+    try:
+        for read in (source.read, source.digest, source.side, source.raw):
+            with pytest.raises(InputError, match=r"0001\.png.*no longer a regular file"):
+                read(1)
+        assert source.read(0).shape[-1] == 3 and len(source.digest(0)) > 0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_thumbnails_and_originals_of_a_link_out_of_the_root_are_refused(collection_dir, tmp_path):
     """An index built before the scan checked links may hold one: neither thumbnail nor original serves it."""
     photos = collection_dir.parent / "photos"

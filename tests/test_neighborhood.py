@@ -120,6 +120,38 @@ def test_knn_cosine_puts_self_first_among_duplicates():
     np.testing.assert_array_equal(knn_cosine(features, 2), [[0, 1, 2], [1, 0, 2], [2, 0, 1], [3, 0, 1]])
 
 
+def duplicated_gaussian_rows(rng: np.random.Generator, n: int, n_distinct: int,
+                             dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` rows that are copies of `n_distinct` rows of |Gaussian| values (non-negative, as pooled CNN
+    features are) in random order, and which of them each row copies."""
+    distinct = np.abs(rng.normal(size=(n_distinct, dim))).astype(np.float32)
+    groups = rng.integers(0, n_distinct, n)
+    return distinct, groups
+
+
+def reference_knn_of_copies(distinct: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """The float64 K-NN with ties by index, where copies of one row have exactly equal similarities
+    (each similarity is that of the rows copied)."""
+    unit = distinct.astype(np.float64) / np.linalg.norm(distinct.astype(np.float64), axis=1, keepdims=True)
+    similarity = (unit @ unit.T)[groups][:, groups]
+    n = len(groups)
+    return np.array([sorted(range(n), key=lambda j: (j != i, -similarity[i, j], j))[: k + 1] for i in range(n)])
+
+
+@pytest.mark.parametrize("seed, n, n_distinct, dim, k", [(0, 354, 10, 1280, 32), (1, 118, 8, 255, 24),
+                                                         (2, 290, 7, 33, 24), (3, 427, 8, 1280, 47)])
+@pytest.mark.parametrize("block_elements", [1 << 22, 20_000, 5_000])
+def test_knn_cosine_breaks_ties_between_duplicates_by_index_like_a_float64_reference(
+        monkeypatch, seed, n, n_distinct, dim, k, block_elements):
+    """Float32 products gave copies of one row similarities 1 ulp apart (one copy's similarity taken as
+    a row of one panel, the other's as a column of another), so a later copy could rank before an
+    earlier one; every copy must tie exactly and go by index, in one panel or many."""
+    monkeypatch.setattr(neighborhood, "_KNN_BLOCK_ELEMENTS", block_elements)
+    rng = np.random.default_rng(seed)
+    distinct, groups = duplicated_gaussian_rows(rng, n, n_distinct, dim)
+    np.testing.assert_array_equal(knn_cosine(distinct[groups], k), reference_knn_of_copies(distinct, groups, k))
+
+
 # --- Algorithm 1 ----------------------------------------------------------------------------------------
 
 

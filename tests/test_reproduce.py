@@ -146,7 +146,7 @@ def test_digits_run_writes_every_file_and_our_numbers(digits_run):
     assert f"{collapsed['distinct_codes']} of {collapsed['n_database']} distinct codes" in report
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "<img src=\"figures" not in html
-    assert "[cell 1/18]" in first.output and "elapsed" in first.output and "estimate" in first.output
+    assert "[cell 1/20]" in first.output and "elapsed" in first.output and "estimate" in first.output
     split = json.loads((out / "split.json").read_text())
     assert len(split["query"]) == 40 and len(split["train"]) == 300
     assert {"python", "torch", "numpy", "bganhash", "machine"} <= set(json.loads((out / "versions.json").read_text()))
@@ -155,10 +155,34 @@ def test_digits_run_writes_every_file_and_our_numbers(digits_run):
 
 
 @pytest.mark.slow
+def test_digits_report_names_its_protocol_preset_and_readings(digits_run):
+    out, first, _, _, _ = digits_run
+    assert first.exit_code == 0, first.output
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    for heading in ("Table 2", "Table 3", "Table 4", "Table 6"):
+        line = next(line for line in report.splitlines() if line.startswith(f"## {heading}"))
+        assert "random/quick protocol" in line, line  # the split's protocol, in every table
+    rows = results["tables"]["table2"]["rows"]
+    assert {"N+A/authors", "N+C+A/authors"} <= set(rows)
+    assert "ℓN + ℓA (Eq. 18)" in report and "ℓN + ℓA (authors' way: ℓA reaches the encoder)" in report
+    assert rows["N+A"]["8"]["map"] == rows["N"]["8"]["map"]  # under Eq. 18 ℓA never reaches the encoder
+    assert rows["N+A/authors"]["8"]["map"] != rows["N+A"]["8"]["map"]
+    cells = results["cells"].values()
+    two_step = [c for c in cells if c.get("config", {}).get("loss", {}).get("activation") == "two_step"]
+    assert two_step and all(c["config"]["loss"]["quantization_weight"] == 0.0 for c in two_step)
+    at_1000 = results["tables"]["table3"]["ours_map_at_1000"]
+    assert all(0 < at_1000[m]["8"] <= 1 for m in at_1000) and "mAP@1000" in report
+    assert "Preset `cpu`" in report and "Preset `paper`" not in report and "momentum 0.9" in report
+    assert "non-saturating" in report
+    assert "not end to end" in report  # the features were given precomputed: said, not hidden
+
+
+@pytest.mark.slow
 def test_digits_second_run_recomputes_nothing(digits_run):
     out, first, second, mtimes, _ = digits_run
     assert second.exit_code == 0, second.output
-    assert "(0 computed now" in second.output and second.output.count("done earlier, kept") == 18
+    assert "(0 computed now" in second.output and second.output.count("done earlier, kept") == 20
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == mtimes
     assert not (out / "checkpoints").exists()
 
@@ -285,3 +309,18 @@ def test_multilabel_datasets_run_through_the_same_command(tmp_path, rng, name, m
     assert (out / "figures" / "gallery.png").is_file() and (out / "figures" / "figure6.png").is_file()
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["tables"]["table3"]["ours"]["bgan"]["32"] <= 1.0
+
+
+def test_table6_adds_the_feature_extraction_to_the_training_time():
+    from bganhash.research.tables import table6
+
+    bgan = {"fit_seconds": 120.0, "encode_ms_per_image": 0.01, "config": {"network": {"encoder": "head"},
+                                                                          "train": {"num_threads": 1}}}
+    timing = {"backbone_ms_per_image": 2.0, "extraction": {"seconds": 2400.0, "n_images": 60000, "cached": True}}
+    doc = Document()
+    numbers = table6(doc, {("table6", "bgan", 32): bgan, ("table6", "backbone", 0): timing}, "cifar10",
+                     {"machine": "test machine", "split": {"protocol": "paper"}})
+    assert numbers["ours"]["32"]["end_to_end_seconds"] == 2520.0
+    markdown = doc.markdown()
+    assert "42.0 min = 40.0 extraction + 2.0 training" in markdown and "60,000 images" in markdown
+    assert "5h" in markdown and "(paper protocol)" in markdown

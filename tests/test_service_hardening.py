@@ -327,6 +327,24 @@ def test_a_damaged_thumbnail_is_a_500_naming_the_resolved_index(index_dir, tmp_p
         response = test_client.get(f"/thumbnails/{int(app.state.service.collection.ids[-1])}")
         unknown = test_client.get("/thumbnails/987654")
     assert response.status_code == 500
-    assert str((tmp_path / "copy.index").resolve()) in response.json()["error"]
+    assert str((tmp_path / "copy.index").resolve() / segment) in response.json()["error"]  # the segment file itself
     assert "damaged" in response.json()["error"]
     assert unknown.status_code == 404
+
+
+def test_a_thumbnail_whose_file_became_a_link_out_of_the_root_is_a_404(tmp_path, monkeypatch):
+    monkeypatch.setenv("BGANHASH_CACHE", str(tmp_path / "cache"))
+    write_digits(tmp_path / "digits", range(4))
+    write_digits(tmp_path / "outside", [2])
+    build_collection(tmp_path / "digits", tmp_path / "digits.index", config=BuildConfig(method="lsh", n_bits=16),
+                     feature_config=FeatureConfig(image_size=32), progress=False)
+    app = create_app(tmp_path / "digits.index", warm_up=False)
+    collection = app.state.service.collection
+    linked = next(int(i) for i in collection.ids if collection.path_of(int(i)) == "0002.png")
+    (tmp_path / "digits" / "0002.png").unlink()
+    (tmp_path / "digits" / "0002.png").symlink_to(tmp_path / "outside" / "0002.png")
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        thumbnail, original = test_client.get(f"/thumbnails/{linked}"), test_client.get(f"/images/{linked}")
+        other = test_client.get(f"/thumbnails/{next(int(i) for i in collection.ids if int(i) != linked)}")
+    assert (thumbnail.status_code, original.status_code, other.status_code) == (404, 404, 200)
+    assert "outside" in thumbnail.json()["error"] and "damaged" not in thumbnail.json()["error"]

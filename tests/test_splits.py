@@ -129,3 +129,36 @@ def test_validation_split_stays_inside_train(cifar_like):
     assert np.array_equal(validation_split(split, 500, seed=4).query, val.query)
     with pytest.raises(InputError, match="n_query"):
         validation_split(split, n_query=10000)
+
+
+def _train_and_test(n_train: int, n_test: int, pickles: bool) -> Dataset:
+    """A CIFAR-10-like dataset whose locations say which images are official test images."""
+    labels = np.arange(n_train + n_test) % 10
+    if pickles:
+        locations = [f"cifar10/data_batch_1/{i}" for i in range(n_train)] + \
+            [f"cifar10/test_batch/{i}" for i in range(n_test)]
+    else:
+        locations = [f"cifar/train/cat/{i:04d}.jpg" for i in range(n_train)] + \
+            [f"cifar/test/cat/{i:04d}.jpg" for i in range(n_test)]
+    images = np.zeros((len(labels), 1, 1, 3), dtype=np.uint8)
+    return Dataset("cifar10", ArraySource(images), locations, labels=labels, class_names=[f"c{c}" for c in range(10)])
+
+
+@pytest.mark.parametrize("pickles", [True, False])
+def test_train_test_protocol_queries_the_test_images_against_the_training_images(tmp_path, pickles):
+    dataset = _train_and_test(50, 10, pickles)
+    split = protocol_split(dataset, protocol="train-test")
+    assert split.protocol == "train-test"
+    np.testing.assert_array_equal(split.query, np.arange(50, 60))
+    np.testing.assert_array_equal(split.train, np.arange(50))
+    np.testing.assert_array_equal(split.database, np.arange(50))
+    split.save(tmp_path / "split.json")
+    loaded = Split.load(tmp_path / "split.json")
+    assert loaded.protocol == "train-test" and loaded.sizes() == {"query": 10, "train": 50, "database": 50}
+    np.testing.assert_array_equal(loaded.query, split.query)
+    loaded.check(dataset)
+
+
+def test_train_test_protocol_needs_official_test_images():
+    with pytest.raises(InputError, match="train-test.*no test images"):
+        protocol_split(_toy("digits", np.arange(100) % 10), protocol="train-test")

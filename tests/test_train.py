@@ -99,6 +99,35 @@ def test_adversarial_loss_does_not_reach_the_encoder():
     assert _changed(generator_before, trainer.networks.generator)
 
 
+def _encoder_gradients(**overrides) -> list[torch.Tensor]:
+    """The gradients the encoder and W_h stepped along in one train_step of a fresh trainer."""
+    data, _ = _tiny_problem()
+    trainer = _trainer(_config(**overrides), data)
+    trainer.train_step(np.arange(16), 1.0)
+    modules = (trainer.networks.encoder, trainer.networks.hash_layer)
+    return [p.grad.detach().clone() for module in modules for p in module.parameters()]
+
+
+def test_adversarial_loss_reaches_the_encoder_only_when_configured():
+    """Eq. 18 (the default): l_N + l_A gives the encoder exactly l_N's gradient; the authors' way
+    (adversarial_reaches_encoder) adds lambda_2 l_A's gradient through the generator."""
+    n_only = _encoder_gradients(use_content=False, use_adversarial=False)
+    eq18 = _encoder_gradients(use_content=False, use_adversarial=True)
+    authors = _encoder_gradients(use_content=False, use_adversarial=True, adversarial_reaches_encoder=True)
+    assert all(torch.equal(a, b) for a, b in zip(n_only, eq18))
+    differences = [float((a - b).abs().max()) for a, b in zip(eq18, authors)]
+    assert max(differences) > 1e-6
+
+
+def test_adversarial_alone_moves_the_encoder_the_authors_way():
+    data, _ = _tiny_problem()
+    trainer = _trainer(_config(use_neighborhood=False, use_content=False, quantization_weight=0.0,
+                               adversarial_reaches_encoder=True), data)
+    before = _params(trainer.networks.hash_layer)
+    trainer.train_step(np.arange(16), 1.0)
+    assert _changed(before, trainer.networks.hash_layer)
+
+
 def test_content_loss_reaches_the_encoder():
     data, _ = _tiny_problem()
     trainer = _trainer(_config(use_neighborhood=False, use_adversarial=False, quantization_weight=0.0), data)

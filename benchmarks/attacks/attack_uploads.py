@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +28,9 @@ import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the service benchmark's server start
+from bench_service import free_port, start_server  # noqa: E402
 
 # (PNG colour type, bit depth, bytes per pixel) of each kind of bomb
 _PNG_KINDS = {"rgb": (2, 8, 3), "gray16": (0, 16, 2), "rgba": (6, 8, 4)}
@@ -79,31 +80,6 @@ def build_small_index(workdir: Path) -> Path:
         Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"{i:02d}.png")
     build_collection(folder, index, config=BuildConfig(method="lsh", n_bits=32), progress=False)
     return index
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(index: Path, port: int, max_pixels: int | None, log: Path) -> subprocess.Popen:
-    """`bganhash serve INDEX` in a subprocess, once it answers /health."""
-    command = [sys.executable, "-m", "bganhash", "serve", str(index), "--port", str(port), "--threads", "2"]
-    if max_pixels:
-        command += ["--max-pixels", str(max_pixels)]
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with code {process.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return process
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("the server did not answer /health within 300 s")
 
 
 def memory_kb(pid: int, field: str = "VmRSS") -> int:
@@ -193,7 +169,7 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         index = args.index or build_small_index(workdir)
         port = free_port()
-        server = start_server(index, port, args.max_pixels, workdir / "server.log")
+        server = start_server(index, port, 2, max_pixels=args.max_pixels, log=workdir / "server.log", wait_s=300)
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
                 max_pixels = int(json.load(answer)["max_pixels"])

@@ -58,8 +58,8 @@ def load_hasher(path: str | os.PathLike, expected: str | None = None) -> Hasher:
     With `expected`, InputError unless it is the hasher registered under that name."""
     directory = Path(path)
     if not directory.is_dir():
-        raise InputError(f"no saved model at {directory}: pass the directory that `bganhash train --out` "
-                         "or a hasher's save() wrote")
+        raise InputError(f"no saved model at {directory}: give the model folder that `bganhash train` prints "
+                         "(e.g. runs/bgan-cifar10/32bit/model), or one written in Python by hasher.save(PATH)")
     if not saved_class_is_loaded(directory):
         hasher_class("bgan")  # BGANHasher (torch) registers itself with the loader when imported
     hasher = Hasher.load(directory)

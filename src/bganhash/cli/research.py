@@ -47,7 +47,7 @@ def features(dataset, data, download, features_path, backbone, image_size, seed,
     if features_path is not None:
         raise click.UsageError("--features makes no sense here: this command computes features")
     images = load_dataset(dataset, resolve_data(dataset, data, download))
-    config = feature_config(backbone, image_size)
+    config = feature_config(backbone, image_size, images)
     cache_path = feature_cache_path(images, config.validate())
     cached = cache_path.is_file()
     start = time.perf_counter()
@@ -128,15 +128,18 @@ def train(dataset, data, download, features_path, backbone, image_size, seed, bi
     Under `torchrun --nproc_per_node=N -m bganhash train ...` the N processes train each model together
     (DistributedDataParallel, every mini-batch split across them); rank 0 alone scores, writes and prints.
     """
+    from bganhash.bgan.config import check_overrides
     from bganhash.bgan.estimator import BGANHasher  # torch
     from bganhash.bgan.launch import launched  # torch
 
+    check_overrides(overrides, preset)  # a bad --set fails here, in one line, before any work
     data = resolve_data(dataset, data, download)
     features = feature_config(backbone, image_size)
     out = out or Path("runs") / f"bgan-{dataset}"
     with launched() as world:  # one process unless started by torchrun
         with world.local_main_first():  # one process per machine extracts and caches the features, then the others
             protocol = prepare_for(dataset, data, features_path, features, seed, progress=world.is_main)
+        features = features or protocol.feature_config  # the size picked for the data, when none was asked for
         table = ResultTable(dataset=protocol.dataset.name, bits=list(bits), metadata=protocol_metadata(protocol, seed))
         models = {}
         for n_bits in bits:

@@ -18,12 +18,15 @@ from bganhash.collection import (
     build_collection,
     read_query_file,
 )
+from bganhash.collection.query import MAX_PIXELS_CEILING
 from bganhash.datasets.folder import list_image_files
 from bganhash.features.backbones import list_backbones
 from bganhash.index.rerank import DEFAULT_CANDIDATES
 from bganhash.registry import HASHERS
 
 _QUERY_BATCH = 64
+_SKIPPED = "skipped:"  # how the scan's reasons start (datasets/folder.py), as against unreadable files
+_MAX_QUERY_FILE_BYTES = 256 << 20  # a local query file: the pixel limit is what bounds it
 
 
 @click.command()
@@ -72,8 +75,9 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
         summary = build_collection(photos, out, model=model, config=config, update=update, feature_config=features)
     if not is_main:
         return
-    unreadable = "".join(f"\n  unreadable: {path} ({reason})" for path, reason in summary.unreadable[:10])
+    unreadable = "".join(_unreadable_line(path, reason) for path, reason in summary.unreadable[:10])
     more = len(summary.unreadable) - 10
+    n_skipped = sum(reason.startswith(_SKIPPED) for _, reason in summary.unreadable)
     hasher_text = (f"trained {summary.method} ({summary.n_bits} bits) on {summary.trained_on} images" if summary.trained
                    else f"kept its {summary.method} model ({summary.n_bits} bits)" if summary.generation > 1
                    else f"used the given {summary.method} model ({summary.n_bits} bits)")
@@ -83,11 +87,20 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
     text = (f"{out}: {summary.n_images} images ({summary.added} added, {summary.removed} removed, "
             f"{summary.unchanged} unchanged) in {summary.seconds:.1f} s; {hasher_text}; "
             + (f"backend {summary.backend}; " if summary.backend != "flat" else "") +
-            f"{len(summary.unreadable)} unreadable file(s)" + unreadable
+            f"{len(summary.unreadable) - n_skipped} unreadable file(s), {n_skipped} skipped (links out of the "
+            "folder, pipes and other non-files)" + unreadable
             + (f"\n  ... and {more} more" if more > 0 else "")
             + (f"\n  the full list is in {out}/report-{summary.generation:06d}.json" if summary.unreadable else "")
             + quality)
     emit(summary.to_dict(), as_json, text)
+
+
+def _unreadable_line(path: str, reason: str) -> str:
+    """One listed file of the index summary: skipped by the scan (not a regular file inside the folder), or
+    unreadable (it could not be decoded)."""
+    if reason.startswith(_SKIPPED):
+        return f"\n  skipped: {path} ({reason[len(_SKIPPED):].strip()})"
+    return f"\n  unreadable: {path} ({reason})"
 
 
 @click.command()
@@ -109,8 +122,8 @@ def search(index_dir, query, k, candidates, absolute, as_json) -> None:
     query's), that cosine similarity (1.0: the same picture) and its path under the indexed folder, which
     the output names. A JSON record holds "path" (under "root") and "file" (the full path; null in a zip).
     """
-    queries, skipped = _query_images(query)
     with Collection.load(index_dir) as collection:
+        queries, skipped = _query_images(query, collection.feature_config.image_size)
         context = {"index": str(index_dir), "root": collection.root, "backend": collection.backend, "k": k,
                    "n_bits": collection.n_bits, "reranked": collection.reranked}
         collection.candidates = candidates
@@ -154,16 +167,20 @@ def _full_path(root: str, path: str) -> str | None:
     return str(Path(root) / path) if Path(root).is_dir() else None
 
 
-def _query_images(query: Path) -> tuple[list, list]:
-    """(name, image) for a query file, or for each readable image of a query folder, plus the skipped ones."""
+def _query_images(query: Path, min_side: int) -> tuple[list, list]:
+    """(name, image) for a query file, or for each readable image of a query folder, plus the skipped ones.
+
+    A local file is the user's own, so it may be as large as Pillow allows (not just an upload's 50 MP); it is
+    reduced as it is decoded, its shorter side to no less than `min_side` (the backbone's input size)."""
     if not query.exists():
         raise InputError(f"the query {query} does not exist")
+    limits = {"min_side": min_side, "max_pixels": MAX_PIXELS_CEILING, "max_bytes": _MAX_QUERY_FILE_BYTES}
     if query.is_file():
-        return [(str(query), read_query_file(query))], []
+        return [(str(query), read_query_file(query, **limits))], []
     images, skipped = [], []
     for member in list_image_files(query):
         try:
-            images.append((str(query / member), read_query_file(query / member)))
+            images.append((str(query / member), read_query_file(query / member, **limits)))
         except InputError as exc:
             skipped.append((str(query / member), str(exc)))
     if not images:
@@ -179,17 +196,25 @@ def _query_images(query: Path) -> tuple[list, list]:
               help="TCP port to listen on (0: any free port).")
 @click.option("--max-upload-bytes", type=click.IntRange(1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Largest accepted upload.")
-@click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
-              help="Largest accepted image, in pixels (decompression-bomb guard).")
+@click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+              help=f"Largest accepted image, in pixels (decompression-bomb guard; at most {MAX_PIXELS_CEILING:,}, "
+                   "Pillow's limit).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="HOST",
+              help="Another name the service answers to in the Host header, besides the loopback names and "
+                   "--host (repeatable; '*.example.com' a domain, '*' any: only behind a proxy that checks it). "
+                   "Other names get 400, against DNS rebinding.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Torch threads for the backbone (default: up to 4).")
-def serve(index_dir, host, port, max_upload_bytes, max_pixels, threads) -> None:
+def serve(index_dir, host, port, max_upload_bytes, max_pixels, allowed_hosts, threads) -> None:
     """Serve INDEX_DIR: a search page at /, its duplicates at /duplicates, a JSON API (POST /search,
     GET /images/ID, /thumbnails/ID, /duplicates.json) and /docs.
 
     The service follows `bganhash index --update`: it notices the new generation within a second or two,
     loads it beside the one it serves, and switches to it between requests."""
+    if not 1 <= max_pixels <= MAX_PIXELS_CEILING:  # before the slow imports, in the option's own words
+        raise InputError(f"--max-pixels {max_pixels:,} is out of range: give 1 to {MAX_PIXELS_CEILING:,} "
+                         "(Pillow's decompression-bomb limit, which bganhash keeps)")
     from bganhash.serve.app import serve as run_service  # fastapi, uvicorn and torch
 
     run_service(index_dir, host, port, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                torch_threads=threads)
+                torch_threads=threads, allowed_hosts=list(allowed_hosts))

@@ -31,7 +31,7 @@ from bganhash.index.rerank import FeatureReducer
 from bganhash.pipeline import ImagePipeline
 from bganhash.registry import HASHERS, create_hasher, hasher_name
 
-__all__ = ["BuildConfig", "build_collection", "small_collection_neighborhood"]
+__all__ = ["BuildConfig", "build_collection", "collection_bgan_settings"]
 
 
 @dataclass
@@ -209,21 +209,31 @@ def _train_hasher(dataset: Any, features: np.ndarray, state: State, config: Buil
     if config.method == "bgan":
         from bganhash.bgan.estimator import BGANHasher  # loads torch
 
-        params = {**small_collection_neighborhood(len(train)), **config.hasher_params}
+        params = {**collection_bgan_settings(len(train)), **config.hasher_params}
         hasher = BGANHasher(config.n_bits, random_state=config.seed, feature_config=state.feature_config, **params)
         return hasher.fit(features, images=train.to_array(size=32), progress=progress)
     return create_hasher(config.method, config.n_bits, random_state=config.seed, **config.hasher_params).fit(features)
 
 
-def small_collection_neighborhood(n_images: int) -> dict[str, int]:
-    """BGAN's K1 = K2 for a collection of n images: 50 (the measured best) at 10,000 images, fewer below.
+COLLECTION_TRAINING_STEPS = 1_600  # what the cpu preset's 20 epochs of 10,000 images take
+COLLECTION_LR = 3e-3
+
+
+def collection_bgan_settings(n_images: int, batch_size: int = 128, n_stages: int = 4) -> dict[str, float]:
+    """BGAN's settings for a collection of n images, on top of the cpu preset: K1 = K2 and a schedule long
+    enough to learn from few images.
 
     K1 = K2 = 50 gives about 1,000 positives per image; in a collection of a few hundred images that is every
     image, and BGAN learns one code for all (measured: 120 digits, 1 distinct code; with K = 3, 102), so K
-    shrinks with n: n / 200, at least 3.
+    shrinks with n: n / 200, at least 3. And the preset's 5 epochs per stage are 1,580 Adam steps at 10,000
+    images but 160 at 1,000: too few, the codes stayed half-collapsed (precision@10 0.36 against ITQ's 0.51,
+    503 distinct codes of 1,000). At least COLLECTION_TRAINING_STEPS steps at lr 3e-3 gave 0.538 and 865
+    (RESULTS.md, issue 12: every lever measured on CIFAR-10's training folder).
     """
     k = max(3, min(50, n_images // 200))
-    return {"k1": k, "k2": k}
+    steps_per_epoch = max(1, -(-n_images // batch_size))
+    epochs = max(5, -(-COLLECTION_TRAINING_STEPS // (n_stages * steps_per_epoch)))
+    return {"k1": k, "k2": k, "epochs_per_stage": epochs, "lr": COLLECTION_LR}
 
 
 def _training_rows(n_images: int, config: BuildConfig) -> np.ndarray:

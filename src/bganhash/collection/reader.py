@@ -23,7 +23,11 @@ from bganhash.index.rerank import DEFAULT_CANDIDATES, FeatureReducer, rerank
 from bganhash.pipeline import ImagePipeline
 from bganhash.registry import load_hasher
 
-__all__ = ["Collection", "Match"]
+__all__ = ["Collection", "LinkOutsideRoot", "Match"]
+
+
+class LinkOutsideRoot(InputError):
+    """An indexed path that is now a link to a file outside the collection root: it is not served."""
 
 
 @dataclass
@@ -71,7 +75,8 @@ class Collection:
         self._thumbnail_refs = items["thumbnails"]
         if not all(isinstance(name, str) and GENERATION_FILE.match(name) for name in items["segments"]):
             raise InputError(f"{path / manifest['items']} is corrupted: it names files that are not the index's own")
-        self._segment_fds = [os.open(path / name, os.O_RDONLY) for name in items["segments"]]
+        self._segment_files = [path / name for name in items["segments"]]
+        self._segment_fds = [os.open(file, os.O_RDONLY) for file in self._segment_files]
         self.backend = manifest.get("backend", "flat")
         if index is None:
             index = Index(self.n_bits, backend=self.backend)
@@ -203,11 +208,18 @@ class Collection:
         """The JPEG thumbnail of `image_id`; refused, as `original` is, when the image's path is now a link out of
         the collection root (an index built before links were checked may hold one)."""
         if self._links_outside_root(self.path_of(image_id)):
-            raise InputError(f"image {image_id} is a link to a file outside {self.root}; it is not served")
+            raise LinkOutsideRoot(f"image {image_id} is a link to a file outside {self.root}; it is not served")
         segment, offset, length = self._thumbnail_refs[self.row_of(image_id)]
-        data = os.pread(self._segment_fds[segment], length, offset)
+        if not 0 <= segment < len(self._segment_files):
+            raise InputError(f"the thumbnail of image {image_id} names segment {segment}, which {self.path} "
+                             "does not have")
+        segment_file = self._segment_files[segment]
+        try:
+            data = os.pread(self._segment_fds[segment], length, offset)
+        except (OSError, ValueError, OverflowError) as exc:
+            raise InputError(f"cannot read the thumbnail of image {image_id} from {segment_file}: {exc}") from None
         if len(data) != length:
-            raise InputError(f"the thumbnail of image {image_id} is cut short in {self.path}")
+            raise InputError(f"the thumbnail of image {image_id} is cut short in {segment_file}")
         return data
 
     def original(self, image_id: int) -> bytes:

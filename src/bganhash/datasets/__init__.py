@@ -51,7 +51,8 @@ def load_dataset(
         arguments["on_error"] = on_error
     if download:
         if "download" not in accepted:
-            raise InputError(f"download=True is only available for cifar10, not {name!r}")
+            raise InputError(f"only CIFAR-10 can be downloaded (download=True; CLI: --download), not {name!r}: "
+                             "pass data=PATH (CLI: --data PATH) with a copy you have")
         arguments["download"] = True
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -62,7 +63,8 @@ def load_dataset(
             raise InputError("the digits dataset is embedded in scikit-learn; it takes no data path")
         return reader(**arguments)
     if data is None and name != "cifar10":
-        raise InputError(f"dataset {name!r} needs data=<path to its folder>")
+        raise InputError(f"dataset {name!r} needs its data: pass data=PATH (CLI: --data PATH), the folder or zip "
+                         "that holds it")
     return reader(data, **arguments)
 
 

@@ -6,6 +6,7 @@ import abc
 import hashlib
 import io
 import os
+import stat
 import threading
 import warnings
 import zipfile
@@ -118,17 +119,27 @@ class FileSource(_MemberSource):
         self.members = list(members)
 
     def raw(self, position: int) -> Path:
-        return self.root / self.members[position]
+        """The member's path, once it is known to be a regular file: one replaced by a named pipe (or a device)
+        after the folder was scanned would block whoever opens it, so it is refused instead."""
+        path = self.root / self.members[position]
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(mode):
+            raise InputError(f"cannot read image {path}: it is no longer a regular file (a named pipe, device "
+                             "or folder now has its name)")
+        return path
 
     def fingerprint(self, positions: np.ndarray) -> str:
         digest = hashlib.sha256(b"files")
         for position in positions:
             member = self.members[position]
             try:
-                stat = os.stat(self.root / member)
+                info = os.stat(self.root / member)
             except OSError as exc:
                 raise InputError(f"cannot read image {member}: {exc}") from exc
-            digest.update(f"{member}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{member}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
         return digest.hexdigest()
 
 

@@ -34,9 +34,9 @@ META_NAME = "batches.meta"
 IMAGE_SIDE = 32
 SPLIT_FOLDERS = ("train", "test")
 _HOW_TO_GET = (
-    "pass data=... (the cifar-10-batches-py folder, cifar-10-python.tar.gz, or an image folder or zip laid out "
-    "as train/<class>/*.jpg and test/<class>/*.jpg), "
-    f"or download=True to fetch the official tarball from {OFFICIAL_URL}"
+    "pass data=PATH (CLI: --data PATH): the cifar-10-batches-py folder, cifar-10-python.tar.gz, or an image "
+    "folder or zip laid out as train/<class>/*.jpg and test/<class>/*.jpg; "
+    f"or download=True (CLI: --download) to fetch the official tarball from {OFFICIAL_URL}"
 )
 
 
@@ -47,7 +47,7 @@ def load_cifar10(data: str | os.PathLike | None = None, *, download: bool = Fals
     """
     if data is None:
         if not download:
-            raise InputError(f"CIFAR-10 data is needed: {_HOW_TO_GET}")
+            raise InputError(f"needs the CIFAR-10 data: {_HOW_TO_GET}")
         data = download_cifar10(cache_root() / "cifar10")
     path = Path(data)
     if path.is_dir():

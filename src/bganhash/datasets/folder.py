@@ -93,7 +93,10 @@ def validate_members(source: FileSource | ZipSource, on_error: str, where: str) 
     bad = BadFiles(on_error)
     good = []
     for position in progress(range(len(source)), len(source), f"checking {where}"):
-        problem = image_problem(source.raw(position))
+        try:
+            problem = image_problem(source.raw(position))
+        except InputError as exc:  # replaced by a pipe or removed since the scan
+            problem = str(exc)
         if problem is None:
             good.append(position)
         else:

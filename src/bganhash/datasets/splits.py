@@ -13,7 +13,10 @@ from bganhash._io import write_json
 from bganhash._validation import InputError, check_positive_int
 from bganhash.datasets.base import Dataset
 
-PROTOCOLS = ("paper", "per-class", "random", "all")
+PROTOCOLS = ("paper", "train-test", "per-class", "random", "all")
+# Path components that mark an image of a dataset's official test set (CIFAR-10's test_batch pickle or
+# test/ folder): the "train-test" protocol queries with them and searches the rest.
+TEST_PARTS = ("test", "test_batch")
 SPLIT_FORMAT = "bganhash-split"
 # Paper (Song et al. 2017, Sec. 4.1): per-class / per-concept query and training counts, or totals.
 PAPER_PER_CLASS = {"cifar10": (100, 1000), "nuswide": (100, 1000)}
@@ -94,6 +97,9 @@ def protocol_split(
     labelled folder or when n_query is given, else "all"):
     - "paper": CIFAR-10 100 queries + 1,000 training images per class, NUS-WIDE the same per concept,
       MIRFlickr 1,000 queries + 4,000 training images; the database is every non-query image.
+    - "train-test": the other common CIFAR-10 protocol (GreedyHash, BiHalf, CIBHash; scored by mAP@1000):
+      every official test image is a query (10,000), and the training images (50,000) are both the
+      training set and the database.
     - "per-class": query_per_class queries per class (or concept) and train_per_class training images
       (default: all non-query images). digits has no published protocol; its default is this one with
       20 queries per class, database = training = the other 1,597 images.
@@ -107,6 +113,9 @@ def protocol_split(
     rng = np.random.default_rng(seed)
     if protocol == "paper":
         query, train = _paper(dataset, rng)
+    elif protocol == "train-test":
+        query, train = _official_test_and_train(dataset)
+        return Split(query, train, train.copy(), dataset.name, seed, protocol, len(dataset))
     elif protocol == "per-class":
         if query_per_class is None and dataset.name != "digits":
             raise InputError("protocol='per-class' needs query_per_class=...")
@@ -139,6 +148,18 @@ def _default_protocol(dataset: Dataset, n_query: int | None) -> str:
     if dataset.name == "digits":
         return "per-class"
     return "random" if n_query is not None or dataset.labels is not None else "all"
+
+
+def _official_test_and_train(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of the official test images (a location with a `test` or `test_batch` component) and
+    of the others, or InputError when the dataset has none of one kind."""
+    is_test = np.array([any(part in TEST_PARTS for part in location.split("/")) for location in dataset.locations],
+                       dtype=bool)
+    if not is_test.any() or is_test.all():
+        kind = "no" if not is_test.any() else "only"
+        raise InputError(f"protocol='train-test' needs a dataset with official train and test images; "
+                         f"{dataset.name!r} has {kind} test images (locations under test/ or test_batch)")
+    return np.flatnonzero(is_test).astype(np.int64), np.flatnonzero(~is_test).astype(np.int64)
 
 
 def _paper(dataset: Dataset, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

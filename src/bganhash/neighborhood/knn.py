@@ -79,7 +79,9 @@ def estimate_knn_recall(features: Any, knn_indices: Any, n_sample: int = 1000, s
 
 
 def _unit_rows(features: np.ndarray) -> np.ndarray:
-    """Scale each row to unit L2 norm (float32); a zero row has no cosine similarity."""
+    """Scale each row to unit L2 norm, in float64 (see `_ordered_distances`); a zero row has no cosine
+    similarity."""
+    features = np.asarray(features, dtype=np.float64)
     peak = np.abs(features).max(axis=1)
     zero = np.flatnonzero(peak == 0)
     if zero.size:
@@ -99,6 +101,7 @@ def _knn_ivf(unit: np.ndarray, k: int, nprobe: int, progress: bool) -> np.ndarra
     consecutive queries probe nearly the same lists and find them in cache.
     """
     faiss = import_faiss(f"the IVF K-NN of {unit.shape[0]} rows (method='exact' does without)")
+    unit = np.ascontiguousarray(unit, dtype=np.float32)
     faiss.omp_set_num_threads(usable_cpus())
     n, dim = unit.shape
     n_lists = int(max(1, min(round(4 * np.sqrt(n)), n // 39)))  # faiss wants 39+ training rows per list
@@ -144,9 +147,14 @@ def _self_first(found: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndar
 
 
 def _ordered_distances(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """-cosine of unit rows as int32 whose integer order is the float order (no -0.0 left)."""
-    distance = rows @ columns.T
-    np.subtract(np.float32(0.0), distance, out=distance)
+    """-cosine of unit rows as int32 whose integer order is the float order (no -0.0 left).
+
+    The products are taken in float64 and then rounded to float32: a float32 product gives two identical
+    rows similarities up to 1 ulp apart (BLAS sums different columns in different orders), which broke
+    the tie-by-index rule on duplicates; float64's differences (about 1e-16) vanish in the rounding.
+    """
+    distance = (np.float64(0.0) - rows @ columns.T).astype(np.float32)
+    distance += np.float32(0.0)  # -0.0 -> +0.0
     bits = distance.view(np.int32)
     flip = np.right_shift(bits, 31)  # -1 on negative floats, whose larger magnitudes must become smaller
     flip &= 0x7FFFFFFF

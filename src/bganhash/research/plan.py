@@ -21,7 +21,8 @@ EXPERIMENTS = ("table2", "table3", "table4", "table5", "table6", "figure2", "fig
 ALIASES = {"figure4": "table3", "figure6": "table3", "gallery": "table3"}
 BASELINE_METHODS = BASELINES  # Table 3's baselines, in the registry's order
 FULL_MODEL: dict[str, Any] = {"use_neighborhood": True, "use_content": True, "use_adversarial": True}
-TABLE2_VARIANTS: dict[str, dict[str, Any]] = {  # Table 2's rows, in its order
+AUTHORS_SUFFIX = "/authors"  # a Table 2 row trained the authors' way (adversarial_reaches_encoder)
+TABLE2_VARIANTS: dict[str, dict[str, Any]] = {  # Table 2's rows, in its order, then the authors' way
     "N": {"use_neighborhood": True, "use_content": False, "use_adversarial": False},
     "N+C": {"use_neighborhood": True, "use_content": True, "use_adversarial": False},
     "N+A": {"use_neighborhood": True, "use_content": False, "use_adversarial": True},
@@ -29,9 +30,16 @@ TABLE2_VARIANTS: dict[str, dict[str, Any]] = {  # Table 2's rows, in its order
     "C": {"use_neighborhood": False, "use_content": True, "use_adversarial": False},
     "A": {"use_neighborhood": False, "use_content": False, "use_adversarial": True},
     "C+A": {"use_neighborhood": False, "use_content": True, "use_adversarial": True},
+    # The authors' way: l_A reaches the encoder through the generator (under Eq. 18, the rows above, it
+    # does not, so N+A equals N); the paper's N+A and N+C+A differ from N, so its code must do this.
+    "N+A" + AUTHORS_SUFFIX: {"use_neighborhood": True, "use_content": False, "use_adversarial": True,
+                             "adversarial_reaches_encoder": True},
+    "N+C+A" + AUTHORS_SUFFIX: {**FULL_MODEL, "adversarial_reaches_encoder": True},
 }
 TABLE4_VARIANTS: dict[str, dict[str, Any]] = {
-    "two_step": {"activation": "two_step"}, "tanh": {"activation": "tanh"}, "app": {"activation": "app"},
+    # two-step: no quantisation term (it would pull z to the signs during training: not a two-step method)
+    "two_step": {"activation": "two_step", "quantization_weight": 0.0},
+    "tanh": {"activation": "tanh"}, "app": {"activation": "app"},
 }
 SUPERVISED: dict[str, Any] = {"supervised": True}
 FIGURE_BITS = 32  # Figures 5 and 6 and the gallery use this bit length when it is run
@@ -64,13 +72,15 @@ class ReproduceSettings:
     only: tuple[str, ...] | None = None
     bits: tuple[int, ...] | None = None
     quick_settings: QuickSettings = field(default_factory=QuickSettings)
+    protocol: str | None = None  # the split's protocol (None: the dataset's default, "paper" for CIFAR-10)
 
     def identity(self) -> dict[str, Any]:
         """What must not change between a run and its resumption (narrowing options may)."""
         features = self.feature_config
         return {"dataset": self.dataset, "data": self.data, "features": self.features_path, "seed": self.seed,
                 "preset": self.preset, "quick": self.quick, "overrides": self.overrides, "split": self.split_path,
-                "feature_config": asdict(features) if is_dataclass(features) else features}
+                "feature_config": asdict(features) if is_dataclass(features) else features,
+                **({"protocol": self.protocol} if self.protocol is not None else {})}  # older runs have none
 
     def bgan_overrides(self, variant: dict[str, Any]) -> dict[str, Any]:
         """Quick settings, then the user's overrides, then the variant's own fields."""

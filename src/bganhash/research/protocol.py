@@ -3,6 +3,7 @@ codes ranked by Hamming distance, mAP@all out (a `ResultTable`; `bganhash.resear
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +34,10 @@ class ProtocolData:
     features: np.ndarray
     split: object
     feature_source: str
+    feature_config: object = None  # how the features were extracted (None for precomputed features)
+    # How long extracting the features took, when known: {"seconds", "n_images", "cached"} (the cache's
+    # sidecar <cache>.json records the first extraction's seconds); None for precomputed features.
+    extraction: dict | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -81,6 +86,7 @@ def prepare_protocol(
     on_error: str = "skip",
     progress: bool = True,
     split=None,
+    protocol: str | None = None,
 ) -> ProtocolData:
     """Load a labelled dataset, draw its protocol split and get its features (cached or from a .npy).
 
@@ -93,7 +99,7 @@ def prepare_protocol(
             "cannot be evaluated; use `bganhash index` to search it instead"
         )
     if split is None:
-        split = protocol_split(dataset, seed=seed)
+        split = protocol_split(dataset, seed=seed, protocol=protocol)
     else:
         split.check(dataset)
     if features_path is not None:
@@ -102,10 +108,28 @@ def prepare_protocol(
     else:
         from bganhash.features.extract import extract_features  # torch
 
-        config = feature_config or FeatureConfig()
+        config = feature_config or FeatureConfig.for_data(dataset)  # the input size suits the images
+        started = time.perf_counter()
         features = extract_features(dataset, config, progress=progress)
+        extraction = extraction_record(dataset, config, time.perf_counter() - started)
         source = f"{config.backbone} at {config.image_size}px (ImageNet-pretrained, pooled)"
+        return ProtocolData(dataset=dataset, features=features, split=split, feature_source=source,
+                            feature_config=config, extraction=extraction)
     return ProtocolData(dataset=dataset, features=features, split=split, feature_source=source)
+
+
+def extraction_record(dataset, config: FeatureConfig, seconds_now: float) -> dict:
+    """The feature extraction's time: the seconds the cache's sidecar JSON recorded when the features were
+    first extracted (`cached`: True, read back now), else the `seconds_now` this call took."""
+    from bganhash.features.cache import feature_cache_path
+
+    sidecar = feature_cache_path(dataset, config).with_suffix(".json")
+    try:
+        recorded = float(json.loads(sidecar.read_text(encoding="utf-8"))["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    cached = recorded is not None and seconds_now < 0.5 * recorded
+    return {"seconds": recorded if cached else seconds_now, "n_images": len(dataset), "cached": cached}
 
 
 def evaluate_hasher(hasher, data: ProtocolData) -> float:
@@ -114,13 +138,20 @@ def evaluate_hasher(hasher, data: ProtocolData) -> float:
     return score_hasher(hasher, data)
 
 
-def score_hasher(hasher, data: ProtocolData) -> float:
-    """mAP@all of a fitted hasher: queries ranked against the database by Hamming distance."""
-    query_features, query_labels = data.part("query")
-    database_features, database_labels = data.part("database")
-    return mean_average_precision(
-        hasher.encode(query_features), hasher.encode(database_features), query_labels, database_labels
-    )
+def encode_rows(hasher, data: ProtocolData, indices: np.ndarray) -> np.ndarray:
+    """Codes of dataset rows: from their features, or from their pixels for a hasher that reads pixels
+    itself (a BGAN with encoder="vgg" or "finetune"), resized to its input side."""
+    if getattr(hasher, "encodes_pixels", False):
+        return hasher.encode(data.dataset.to_array(indices, size=hasher.pixel_size))
+    return hasher.encode(data.features[indices])
+
+
+def score_hasher(hasher, data: ProtocolData, top_k: int | None = None) -> float:
+    """mAP of a fitted hasher (mAP@all, or mAP@`top_k`): queries ranked against the database by Hamming
+    distance. Pixel encoders encode the images, every other hasher the features."""
+    split = data.split
+    return mean_average_precision(encode_rows(hasher, data, split.query), encode_rows(hasher, data, split.database),
+                                  data.labels[split.query], data.labels[split.database], top_k)
 
 
 def fit_bgan(hasher, data: ProtocolData, *, checkpoint_dir: str | Path | None = None, resume: bool = False,

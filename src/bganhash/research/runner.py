@@ -50,6 +50,7 @@ def load_protocol_data(settings: ReproduceSettings, progress: bool = True):
     split = Split.load(settings.split_path) if settings.split_path else None
     data = prepare_protocol(settings.dataset, settings.data, features_path=settings.features_path,
                             feature_config=settings.feature_config, seed=settings.seed, split=split,
+                            protocol=settings.protocol,
                             progress=progress)
     if not settings.quick:
         return data

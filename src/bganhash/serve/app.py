@@ -34,6 +34,7 @@ from bganhash._validation import InputError
 from bganhash._version import __version__
 from bganhash.collection import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Collection, Match, QueryImageError, decode_query
 from bganhash.collection.query import DecodeBudget, check_max_pixels
+from bganhash.collection.reader import LinkOutsideRoot
 from bganhash.serve.generations import LiveCollection
 from bganhash.serve.limits import (
     HostCheck,
@@ -264,6 +265,8 @@ def _add_routes(app: FastAPI, service: SearchService) -> None:
         _known_path(collection, image_id)  # 404 for an unknown id
         try:
             return Response(collection.thumbnail(image_id), media_type="image/jpeg", headers=_NO_SNIFF)
+        except LinkOutsideRoot as exc:  # refused, as /images/{id} refuses it
+            raise HTTPException(404, str(exc)) from None
         except InputError as exc:  # the id is known: its thumbnail is damaged
             raise HTTPException(500, f"the index is damaged: {exc}; rebuild it with bganhash index") from None
 

@@ -1,5 +1,5 @@
-"""The service's other pages: the duplicates view (GET /duplicates, its data at GET /duplicates.json) and the
-site icon (GET /favicon.ico)."""
+"""The service's other pages: the duplicates view (GET /duplicates, its data at GET /duplicates.json), the style
+sheet the pages share (GET /static/common.css) and the site icon (GET /favicon.ico)."""
 
 from __future__ import annotations
 
@@ -65,14 +65,18 @@ def favicon_bytes() -> bytes:
     return buffer.getvalue()
 
 
+def _package_text(name: str) -> str:
+    """A page or style sheet shipped in bganhash/serve."""
+    return resources.files("bganhash.serve").joinpath(name).read_text(encoding="utf-8")
+
+
 def add_page_routes(app: FastAPI, service: Any) -> None:
-    """GET /duplicates (the page), /duplicates.json (its groups) and /favicon.ico on `app`."""
+    """GET /duplicates (the page), /duplicates.json (its groups), /static/common.css and /favicon.ico on `app`."""
     cache = DuplicatesCache()
 
     @app.get("/duplicates", response_class=HTMLResponse, include_in_schema=False)
     def duplicates_page() -> HTMLResponse:
-        page = resources.files("bganhash.serve").joinpath("duplicates.html").read_text(encoding="utf-8")
-        return HTMLResponse(page)
+        return HTMLResponse(_package_text("duplicates.html"))
 
     @app.get("/duplicates.json", summary="Groups of exact and near copies among the indexed images")
     async def duplicates(
@@ -82,6 +86,11 @@ def add_page_routes(app: FastAPI, service: Any) -> None:
     ) -> JSONResponse:
         collection = service.collection  # one generation for the whole answer
         return JSONResponse(await run_in_threadpool(cache.report, collection, threshold, candidates))
+
+    @app.get("/static/common.css", include_in_schema=False)
+    def common_css() -> Response:
+        return Response(_package_text("common.css"), media_type="text/css; charset=utf-8",
+                        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"})
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:
