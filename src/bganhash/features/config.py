@@ -22,7 +22,11 @@ class FeatureConfig:
     image_size=224 by default, EfficientNet-Lite0's own: on the CIFAR-10 validation split (1,000
     queries carved from the paper's training images) BGAN at 32 bits scored mAP 0.447 against 0.415 at
     128 px, and ITQ 0.335 against 0.313 (benchmarks/bench_feature_choice.py, 2 seeds). 128 px extracts
-    about 3x faster on a CPU; pass it where time matters more than the last points.
+    about 3x faster on a CPU; pass it where time matters more than the last points. For images much
+    smaller than that, `FeatureConfig.for_data(dataset)` picks the size from their resolution.
+
+    runtime: where the backbone runs ("auto": OpenVINO, else ONNX Runtime, see features.runtime); it does
+    not change the features beyond 1e-5. precision: "bf16" runs on OpenVINO, faster but not identical.
     """
 
     backbone: str = "efficientnet_lite0"
