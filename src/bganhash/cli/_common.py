@@ -211,6 +211,13 @@ def _md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+protocol_option = click.option(
+    "--protocol", type=click.Choice(["paper", "train-test"]), default=None,
+    help="Split: paper (CIFAR-10: 1,000 queries, 10,000 training images, 59,000 database) or train-test (the "
+         "10,000 test images against the 50,000 training images, the protocol of the mAP@1000 literature) "
+         "[default: the dataset's own, paper for CIFAR-10].")
+
+
 def feature_config(backbone: str | None, image_size: int | None, dataset=None):
     """A FeatureConfig from CLI options, leaving unset ones at the library defaults; without --image-size,
     the size follows `dataset`'s images when it is given (FeatureConfig.for_data). None when no option is

@@ -17,6 +17,7 @@ from bganhash.cli._common import (
     parse_bits,
     parse_methods,
     parse_overrides,
+    protocol_option,
     resolve_data,
     torchrun_group,
 )
@@ -72,16 +73,18 @@ def features(dataset, data, download, features_path, backbone, image_size, seed,
 @click.option("--bits", default="12,24,32,48", show_default=True, callback=parse_bits, help="Code lengths.")
 @click.option("--methods", default="lsh,pcah,itq,sh,sph", show_default=True, callback=parse_methods,
               help="Baselines to run.")
+@protocol_option
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the results table (Markdown + JSON) and the split [default: results/baselines-DATASET].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def baselines(dataset, data, download, features_path, backbone, image_size, seed, bits, methods, out,
+def baselines(dataset, data, download, features_path, backbone, image_size, seed, bits, methods, protocol, out,
               as_json) -> None:
     """Run the classic baselines (LSH, PCAH, ITQ, SH, SpH) under the paper's protocol: a Table-3-style report.
 
     The score is mAP@all (see `bganhash train --help`)."""
     data = resolve_data(dataset, data, download)
-    protocol = prepare_for(dataset, data, features_path, feature_config(backbone, image_size), seed)
+    protocol = prepare_for(dataset, data, features_path, feature_config(backbone, image_size), seed,
+                           protocol=protocol)
     out = out or Path("results") / f"baselines-{dataset}"
 
     def report(method: str, n_bits: int, score: float) -> None:
@@ -112,12 +115,13 @@ MAP_EXPLAINED = ("mAP@all: mean average precision over the whole database ranked
               help="Override one configuration field (repeatable), e.g. --set k1=50 --set use_adversarial=false.")
 @click.option("--compare", default="lsh,itq", show_default=True, callback=parse_methods,
               help="Baselines trained and scored on the same features and split.")
+@protocol_option
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Run folder: models, checkpoints, history and results [default: runs/bgan-DATASET].")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out (same final codes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
 def train(dataset, data, download, features_path, backbone, image_size, seed, bits, preset, overrides, compare,
-          out, resume, as_json) -> None:
+          protocol, out, resume, as_json) -> None:
     """Train BGAN under the paper's protocol and score it (mAP@all) next to the baselines.
 
     mAP@all is the mean, over the query images, of the average precision of the whole database ranked by
@@ -138,7 +142,8 @@ def train(dataset, data, download, features_path, backbone, image_size, seed, bi
     out = out or Path("runs") / f"bgan-{dataset}"
     with launched() as world:  # one process unless started by torchrun
         with world.local_main_first():  # one process per machine extracts and caches the features, then the others
-            protocol = prepare_for(dataset, data, features_path, features, seed, progress=world.is_main)
+            protocol = prepare_for(dataset, data, features_path, features, seed, progress=world.is_main,
+                                   protocol=protocol)
         features = features or protocol.feature_config  # the size picked for the data, when none was asked for
         table = ResultTable(dataset=protocol.dataset.name, bits=list(bits), metadata=protocol_metadata(protocol, seed))
         models = {}
@@ -166,10 +171,10 @@ def train(dataset, data, download, features_path, backbone, image_size, seed, bi
     emit(document, as_json, table_markdown(table) + f"{MAP_EXPLAINED}\n{models_text}\nResults: {md_path}")
 
 
-def prepare_for(dataset, data, features_path, features, seed, progress: bool = True):
+def prepare_for(dataset, data, features_path, features, seed, progress: bool = True, protocol: str | None = None):
     """The protocol data a research command works on (split, labels, features)."""
     return prepare_protocol(dataset, data, features_path=features_path, feature_config=features, seed=seed,
-                            progress=progress)
+                            progress=progress, protocol=protocol)
 
 
 @click.command()
