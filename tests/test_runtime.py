@@ -175,3 +175,16 @@ def test_default_input_size_follows_the_images_resolution(tmp_path):
     write_digits(tmp_path / "big", range(3), size=300)
     assert FeatureConfig.for_data(load_dataset("folder", data=tmp_path / "big")).image_size == 224
     assert FeatureConfig.for_data(load_dataset("digits"), image_size=128).image_size == 128  # asked for: kept
+
+
+def test_the_default_engine_serves_several_threads_at_once():
+    """The service encodes uploads from several threads; an OpenVINO infer request is busy while it runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = extract_module.engine_for(SMALL)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    expected = engine(pixels)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: engine(pixels), range(16)))
+    for result in results:
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)

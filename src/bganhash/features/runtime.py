@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,12 @@ class OpenVinoEngine(FeatureEngine):
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                   "INFERENCE_NUM_THREADS": usable_cpus(), "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(cache)}
         self.request = core.compile_model(str(model_path), "CPU", config).create_infer_request()
+        self._lock = threading.Lock()  # an infer request runs one inference at a time ("busy" otherwise)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        result = self.request.infer({0: np.ascontiguousarray(pixels, dtype=np.float32)})
-        return np.array(result[0], dtype=np.float32)
+        with self._lock:  # the service encodes from several threads; each inference uses every core anyway
+            result = self.request.infer({0: np.ascontiguousarray(pixels, dtype=np.float32)})
+            return np.array(result[0], dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=4)
