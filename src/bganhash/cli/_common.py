@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tarfile
@@ -186,7 +185,7 @@ def _wait_for_download(tarball: Path) -> Path:
 
     The download is written atomically, so the file appears whole; an old file with another md5 is waited on
     until rank 0 has replaced it (each version of the file is hashed once)."""
-    from bganhash.datasets.cifar10 import OFFICIAL_MD5
+    from bganhash.datasets.cifar10 import OFFICIAL_MD5, file_md5
 
     deadline = time.monotonic() + DOWNLOAD_WAIT_S
     checked = None
@@ -195,20 +194,12 @@ def _wait_for_download(tarball: Path) -> Path:
             info = tarball.stat()
             if (info.st_size, info.st_mtime_ns) != checked:
                 checked = (info.st_size, info.st_mtime_ns)
-                if _md5_of(tarball) == OFFICIAL_MD5:
+                if file_md5(tarball) == OFFICIAL_MD5:
                     return tarball
         time.sleep(_DOWNLOAD_POLL_S)
     raise InputError(f"--download: local rank {os.environ.get('LOCAL_RANK')} waited {DOWNLOAD_WAIT_S:.0f} s for "
                      f"local rank 0 to download {tarball}; fetch it first with `bganhash features --dataset "
                      f"cifar10 --download`, then pass --data {tarball}")
-
-
-def _md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 protocol_option = click.option(

@@ -211,7 +211,7 @@ def _from_image_folder(path: Path) -> Dataset:
 def download_cifar10(directory: str | os.PathLike, url: str = OFFICIAL_URL, md5: str = OFFICIAL_MD5) -> Path:
     """Fetch the CIFAR-10 tarball into `directory` (kept when already there with the right md5) and verify it."""
     target = Path(directory) / TARBALL_NAME
-    if target.is_file() and _md5_of_file(target) == md5:
+    if target.is_file() and file_md5(target) == md5:
         return target
     try:
         with urllib.request.urlopen(url) as response, atomic_write(target, "wb") as out:
@@ -231,7 +231,8 @@ def download_cifar10(directory: str | os.PathLike, url: str = OFFICIAL_URL, md5:
     return target
 
 
-def _md5_of_file(path: Path) -> str:
+def file_md5(path: Path) -> str:
+    """The md5 hex digest of a file (how the official tarball is checked), read in 1 MiB blocks."""
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):

@@ -11,7 +11,6 @@ on one dedicated thread, one request at a time, while id queries and file reques
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import os
 import threading
@@ -43,6 +42,7 @@ from bganhash.serve.limits import (
     json_safe,
     load_json,
     return_large_images_to_the_system,
+    send_json_error,
     whole_number,
 )
 from bganhash.serve.pages import add_page_routes
@@ -79,7 +79,8 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_error(send, 413, f"the request is {int(declared):,} bytes; the limit is {self.limit:,}")
+            message = f"the request is {int(declared):,} bytes; the limit is {self.limit:,}"
+            return await send_json_error(send, 413, message)
         received = 0
         started = False
 
@@ -100,15 +101,7 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except TooLarge:
             if not started:
-                await _send_error(send, 413, f"the request is over the limit of {self.limit:,} bytes")
-
-
-async def _send_error(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+                await send_json_error(send, 413, f"the request is over the limit of {self.limit:,} bytes")
 
 
 class SearchService:
