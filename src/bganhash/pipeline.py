@@ -68,7 +68,7 @@ class ImagePipeline:
         from bganhash.features.extract import features_of_images
 
         self._check_knows_features()
-        return features_of_images(check_image_list(images), self.feature_config)
+        return features_of_images(images, self.feature_config)  # which checks the images
 
     def features_of_dataset(self, dataset: Any, progress: bool = False) -> np.ndarray:
         """Backbone features of every image of a Dataset, in batches (not cached: see extract_features)."""

@@ -10,6 +10,7 @@ the first use of a (backbone, size) pays for torch.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import hashlib
@@ -71,14 +72,15 @@ def resolve_runtime(runtime: str, precision: str) -> str:
     return runtime
 
 
-class FeatureEngine:
+class FeatureEngine(abc.ABC):
     """Resized pixels float32 (n, s, s, 3) in [0, 255] -> features float32 (n, num_features)."""
 
     runtime: str
     precision: str = "fp32"
 
+    @abc.abstractmethod
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """The pooled features of a batch of resized pixels."""
 
 
 class TorchEngine(FeatureEngine):
