@@ -99,11 +99,43 @@ def test_plan_trains_a_configuration_shared_by_tables_once():
 
 
 def test_plan_narrows_to_only_and_bits():
-    plan = build_plan(ReproduceSettings(dataset="digits", preset="cpu", only=("table3",), bits=(16,)))
+    plan = build_plan(ReproduceSettings(dataset="digits", preset="cpu", only=("table3",), bits=(16,), seeds=1))
     assert sorted(cell.id for cell in plan if cell.kind == "baseline") == sorted(
         f"{m}-16b" for m in ("lsh", "pcah", "itq", "sh", "sph"))
     assert {role for cell in plan for role in cell.roles} == {("table3", m, 16) for m in
                                                               ("bgan", "lsh", "pcah", "itq", "sh", "sph")}
+
+
+def test_plan_trains_the_headline_rows_under_three_seeds_once_each():
+    plan = build_plan(ReproduceSettings(dataset="digits", preset="cpu"))
+    owner = {role: cell for cell in plan for role in cell.roles}
+    for seed in (1, 2):
+        cell = owner[("table3", f"bgan/seed={seed}", 32)]
+        assert cell is owner[("table2", f"N+C+A/seed={seed}", 32)]  # one training fills both tables
+        assert cell.params["seed"] == seed and cell.params["config"]["train"]["seed"] == seed
+        assert cell.id != owner[("table3", "bgan", 32)].id
+    assert ("table3", "bgan/seed=3", 32) not in owner
+    assert not any("/seed=" in row for cell in build_plan(ReproduceSettings(dataset="digits", quick=True))
+                   for _, row, _ in cell.roles)  # --quick: one seed unless --seeds says otherwise
+    two = build_plan(ReproduceSettings(dataset="digits", seed=5, seeds=2, only=("table3",), bits=(16,)))
+    assert sorted(c.params["config"]["train"]["seed"] for c in two if c.kind == "bgan") == [5, 6]
+
+
+def test_further_seeds_fold_into_mean_and_sample_std():
+    from bganhash.research.results import fold_seeds, seed_value
+
+    def result(seed, value):
+        return {"config": {"train": {"seed": seed}}, "map": value, "map_at_1000": value + 0.1, "distinct_codes": 9}
+
+    folded = fold_seeds({("table3", "bgan", 8): result(0, 0.40), ("table3", "bgan/seed=1", 8): result(1, 0.44),
+                         ("table3", "bgan/seed=2", 8): result(2, 0.42), ("table3", "itq", 8): result(0, 0.3),
+                         ("table2", "N+C+A/seed=1", 8): result(1, 0.5)})  # its first seed is not there yet
+    assert set(folded) == {("table3", "bgan", 8), ("table3", "itq", 8)}
+    bgan = folded[("table3", "bgan", 8)]
+    assert [entry["seed"] for entry in bgan["per_seed"]] == [0, 1, 2]
+    assert seed_value(bgan) == pytest.approx(0.42) and bgan["seeds_summary"]["map_std"] == pytest.approx(0.02)
+    assert seed_value(bgan, "map_at_1000") == pytest.approx(0.52)
+    assert seed_value(folded[("table3", "itq", 8)]) == 0.3 and "per_seed" not in folded[("table3", "itq", 8)]
 
 
 def test_uint8_arrays_round_trip_through_json():
@@ -205,6 +237,22 @@ def test_only_table3_narrows_the_run_and_the_report(tmp_path, rng):
     assert len(names) == 6 and sum(n.startswith("bgan-8b-") for n in names) == 1
     report = (out / "report.md").read_text()
     assert "Table 3" in report and "Table 2" not in report and "Table 5" not in report
+
+
+@pytest.mark.slow
+def test_seeds_report_mean_and_std_with_every_seed_in_the_json(tmp_path, rng):
+    features, split = _inputs(tmp_path, load_dataset("digits"), rng, 40, 300)
+    out = tmp_path / "out"
+    result = run("--dataset", "digits", "--features", features, "--split", split, "--out", out,
+                 "--only", "table3", "--seeds", "2", *TINY)
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "results.json").read_text())["tables"]["table3"]
+    runs = table["ours_per_seed"]["bgan"]["8"]
+    assert [r["seed"] for r in runs] == [0, 1] and runs[0]["map"] != runs[1]["map"]
+    assert table["ours"]["bgan"]["8"] == pytest.approx(np.mean([r["map"] for r in runs]))
+    std = np.std([r["map"] for r in runs], ddof=1)
+    report = (out / "report.md").read_text()
+    assert f"{table['ours']['bgan']['8']:.3f} ± {std:.3f}" in report and "over 2 training seeds" in report
 
 
 @pytest.mark.slow

@@ -39,11 +39,14 @@ def _parse_only(_ctx, _param, value: str | None):
               help="Split: paper (CIFAR-10: 1,000 queries, 10,000 training images, 59,000 database) or train-test "
                    "(the 10,000 test images against the 50,000 training images, the protocol of the mAP@1000 "
                    "literature) [default: the dataset's own, paper for CIFAR-10].")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Training seeds of the headline rows (Table 3's BGAN, Table 2's N+C+A, Table 4's app), "
+                   "reported as mean ± std: --seed and the next ones [default: 3; 1 with --quick].")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Cells run at once, each in its own process on one thread [default: the usable CPU cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def reproduce(dataset, data, download, features_path, backbone, image_size, seed, out, only, bits, quick, preset,
-              overrides, split_path, protocol, jobs, as_json) -> None:
+              overrides, split_path, protocol, seeds, jobs, as_json) -> None:
     """Run the paper's protocol and write a self-contained report (Markdown, HTML, JSON) under --out."""
     from bganhash.bgan.config import check_overrides
     from bganhash.research.runner import reproduce as run_reproduction  # numba, scikit-learn: ~1 s at CLI start
@@ -56,7 +59,7 @@ def reproduce(dataset, data, download, features_path, backbone, image_size, seed
         seed=seed, preset=preset, quick=quick, overrides=overrides,
         split_path=None if split_path is None else str(Path(split_path).resolve()),
         feature_config=feature_config(backbone, image_size), only=only, bits=None if bits is None else tuple(bits),
-        protocol=protocol)
+        protocol=protocol, seeds=seeds)
     out = out or Path("results") / f"reproduce-{dataset}"
     summary = run_reproduction(settings, out, log=lambda message: click.echo(message, err=True),
                                jobs=jobs or usable_cpus())

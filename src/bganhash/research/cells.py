@@ -63,7 +63,7 @@ def _bgan_result(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndar
                  progress: bool = True) -> dict[str, Any]:
     """Train one BGAN variant (resumable at beta-stage granularity), then measure its codes."""
     params = cell.params
-    hasher = bgan_hasher(settings, params["bits"], params["overrides"])
+    hasher = bgan_hasher(settings, params["bits"], params["overrides"], params.get("seed"))
     checkpoints = out / "checkpoints" / cell.id
     started = time.perf_counter()
     fit_bgan(hasher, data, checkpoint_dir=checkpoints, resume=True, progress=progress, pixel_size=_image_side(data))

@@ -22,6 +22,8 @@ ALIASES = {"figure4": "table3", "figure6": "table3", "gallery": "table3"}
 BASELINE_METHODS = BASELINES  # Table 3's baselines, in the registry's order
 FULL_MODEL: dict[str, Any] = {"use_neighborhood": True, "use_content": True, "use_adversarial": True}
 AUTHORS_SUFFIX = "/authors"  # a Table 2 row trained the authors' way (adversarial_reaches_encoder)
+SEED_SUFFIX = "/seed="  # a headline row's run under a further training seed: "bgan/seed=1"
+DEFAULT_SEEDS = 3  # training seeds of the headline rows (Table 3's BGAN, Table 2's N+C+A, Table 4's app)
 TABLE2_VARIANTS: dict[str, dict[str, Any]] = {  # Table 2's rows, in its order, then the authors' way
     "N": {"use_neighborhood": True, "use_content": False, "use_adversarial": False},
     "N+C": {"use_neighborhood": True, "use_content": True, "use_adversarial": False},
@@ -73,6 +75,7 @@ class ReproduceSettings:
     bits: tuple[int, ...] | None = None
     quick_settings: QuickSettings = field(default_factory=QuickSettings)
     protocol: str | None = None  # the split's protocol (None: the dataset's default, "paper" for CIFAR-10)
+    seeds: int | None = None  # training seeds of the headline rows (None: DEFAULT_SEEDS, 1 under --quick)
 
     def identity(self) -> dict[str, Any]:
         """What must not change between a run and its resumption (narrowing options may)."""
@@ -81,6 +84,11 @@ class ReproduceSettings:
                 "preset": self.preset, "quick": self.quick, "overrides": self.overrides, "split": self.split_path,
                 "feature_config": asdict(features) if is_dataclass(features) else features,
                 **({"protocol": self.protocol} if self.protocol is not None else {})}  # older runs have none
+
+    def training_seeds(self) -> tuple[int, ...]:
+        """The headline rows' training seeds: --seed, then the next ones (the split stays --seed's)."""
+        count = self.seeds if self.seeds is not None else (1 if self.quick else DEFAULT_SEEDS)
+        return tuple(range(self.seed, self.seed + max(1, count)))
 
     def bgan_overrides(self, variant: dict[str, Any]) -> dict[str, Any]:
         """Quick settings, then the user's overrides, then the variant's own fields."""
@@ -148,13 +156,16 @@ def _merge(groups) -> list[Cell]:
 
 def _experiment_cells(settings: ReproduceSettings, experiment: str, bits: tuple[int, ...]) -> list[Cell]:
     if experiment == "table2":
-        return [_bgan_cell(settings, experiment, row, b, v) for row, v in TABLE2_VARIANTS.items() for b in bits]
+        return [_bgan_cell(settings, experiment, row, b, v) for row, v in TABLE2_VARIANTS.items() for b in bits] + \
+            _further_seeds(settings, experiment, "N+C+A", bits, FULL_MODEL)
     if experiment == "table3":
         return [_bgan_cell(settings, experiment, "bgan", b, FULL_MODEL) for b in bits] + [
             Cell(f"{method}-{b}b", "baseline", f"table3 {method} {b} bits", {"method": method, "bits": b},
-                 [(experiment, method, b)]) for method in BASELINE_METHODS for b in bits]
+                 [(experiment, method, b)]) for method in BASELINE_METHODS for b in bits] + \
+            _further_seeds(settings, experiment, "bgan", bits, FULL_MODEL)
     if experiment == "table4":
-        return [_bgan_cell(settings, experiment, row, b, v) for row, v in TABLE4_VARIANTS.items() for b in bits]
+        return [_bgan_cell(settings, experiment, row, b, v) for row, v in TABLE4_VARIANTS.items() for b in bits] + \
+            _further_seeds(settings, experiment, "app", bits, TABLE4_VARIANTS["app"])
     if experiment == "table5":
         return [_bgan_cell(settings, experiment, "BGAN_s", b, SUPERVISED) for b in bits]
     if experiment == "table6":
@@ -167,18 +178,28 @@ def _experiment_cells(settings: ReproduceSettings, experiment: str, bits: tuple[
     return [replace(cell, id="convergence-" + cell.id, kind="convergence")]
 
 
-def _bgan_cell(settings: ReproduceSettings, experiment: str, row: str, n_bits: int, variant: dict) -> Cell:
-    """A BGAN training cell, identified by the digest of its resolved configuration."""
+def _further_seeds(settings: ReproduceSettings, experiment: str, row: str, bits: tuple[int, ...],
+                   variant: dict) -> list[Cell]:
+    """A headline row's cells under the training seeds after --seed (the same cells in every table)."""
+    return [_bgan_cell(settings, experiment, f"{row}{SEED_SUFFIX}{seed}", b, variant, seed)
+            for seed in settings.training_seeds()[1:] for b in bits]
+
+
+def _bgan_cell(settings: ReproduceSettings, experiment: str, row: str, n_bits: int, variant: dict,
+               seed: int | None = None) -> Cell:
+    """A BGAN training cell, identified by the digest of its resolved configuration (its seed included)."""
     overrides = settings.bgan_overrides(variant)
-    config = bgan_hasher(settings, n_bits, overrides).resolved_config().to_dict()
+    config = bgan_hasher(settings, n_bits, overrides, seed).resolved_config().to_dict()
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-    return Cell(f"bgan-{n_bits}b-{digest}", "bgan", f"{experiment} {row} {n_bits} bits",
-                {"bits": n_bits, "overrides": overrides, "config": config}, [(experiment, row, n_bits)])
+    params = {"bits": n_bits, "overrides": overrides, "config": config, **({} if seed is None else {"seed": seed})}
+    return Cell(f"bgan-{n_bits}b-{digest}", "bgan", f"{experiment} {row} {n_bits} bits", params,
+                [(experiment, row, n_bits)])
 
 
-def bgan_hasher(settings: ReproduceSettings, n_bits: int, overrides: dict[str, Any]):
-    """The (unfitted) BGANHasher of a run's settings with a variant's `overrides`."""
+def bgan_hasher(settings: ReproduceSettings, n_bits: int, overrides: dict[str, Any], seed: int | None = None):
+    """The (unfitted) BGANHasher of a run's settings with a variant's `overrides` (trained under `seed`,
+    default the run's --seed)."""
     from bganhash.bgan.estimator import BGANHasher  # torch
 
-    return BGANHasher(n_bits, preset=settings.preset, random_state=settings.seed,
+    return BGANHasher(n_bits, preset=settings.preset, random_state=settings.seed if seed is None else seed,
                       feature_config=settings.feature_config, **overrides)

@@ -24,7 +24,7 @@ from bganhash.research.cells import GALLERY_TOP, decode_array
 from bganhash.research.document import Document
 from bganhash.research.plan import BASELINE_METHODS, FIGURE_BITS, Cell, ReproduceSettings, report_plan
 from bganhash.research.protocol import RANKING_RULE
-from bganhash.research.results import bits_done, by_role, load_cells
+from bganhash.research.results import bits_done, by_role, fold_seeds, load_cells
 from bganhash.research.tables import SECTIONS
 
 GALLERY_SIDE = 32
@@ -40,7 +40,7 @@ def write_report(out: Path, settings: ReproduceSettings, data, requested: dict[s
 def assemble_report(out: Path, settings: ReproduceSettings, data,
                     cells: dict[str, tuple[Cell, dict]]) -> dict[str, Path]:
     """Write every report file under `out` from the completed `cells`; returns their paths."""
-    results = by_role(cells)
+    results = fold_seeds(by_role(cells))
     info = run_information(settings, data, cells)
     doc, tables = Document(), {}
     doc.heading(1, f"BGAN reproduction on {info['dataset_label']}")

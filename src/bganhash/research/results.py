@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bganhash._io import read_json, write_json
 from bganhash._validation import InputError
-from bganhash.research.plan import Cell, ReproduceSettings
+from bganhash.research.plan import SEED_SUFFIX, Cell, ReproduceSettings
 
 RUN_FILE = "run.json"
 REQUESTS_FILE = "requested.json"  # experiments and bit lengths asked for by every run into the folder
@@ -71,6 +73,44 @@ def check_run_identity(out: Path, settings: ReproduceSettings) -> None:
 def by_role(cells: dict[str, tuple[Cell, dict]]) -> dict[tuple[str, str, int], dict]:
     """Cell results indexed by the (experiment, row, bits) table places they fill."""
     return {role: result for cell, result in cells.values() for role in cell.roles}
+
+
+def fold_seeds(results: dict[tuple[str, str, int], dict]) -> dict[tuple[str, str, int], dict]:
+    """Results by role with each headline row's further-seed runs folded into its first run's result,
+    as `per_seed` (every seed's mAPs) and `seeds_summary` (mean and sample standard deviation)."""
+    folded = {role: result for role, result in results.items() if SEED_SUFFIX not in role[1]}
+    further: dict[tuple[str, str, int], list[dict]] = {}
+    for (experiment, row, bits), result in results.items():
+        if SEED_SUFFIX in row:
+            further.setdefault((experiment, row.partition(SEED_SUFFIX)[0], bits), []).append(result)
+    for role, runs in further.items():
+        if role in folded:  # a further seed is reported once its first seed's run is there
+            per_seed = sorted((_seed_entry(r) for r in [folded[role], *runs]), key=lambda entry: entry["seed"])
+            folded[role] = {**folded[role], "per_seed": per_seed, "seeds_summary": _summary(per_seed)}
+    return folded
+
+
+def _seed_entry(result: dict) -> dict[str, Any]:
+    return {"seed": result["config"]["train"]["seed"], "map": result["map"], "map_at_1000": result.get("map_at_1000"),
+            "distinct_codes": result["distinct_codes"]}
+
+
+def _summary(per_seed: list[dict]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"n_seeds": len(per_seed)}
+    for key in ("map", "map_at_1000"):
+        values = np.array([entry[key] for entry in per_seed if entry[key] is not None], dtype=np.float64)
+        if len(values):
+            summary[f"{key}_mean"] = float(values.mean())
+            summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return summary
+
+
+def seed_value(result: dict | None, key: str = "map") -> float | None:
+    """A row's number: the mean over its seeds where it ran under several, else its one run's."""
+    if result is None:
+        return None
+    summary = result.get("seeds_summary")
+    return summary.get(f"{key}_mean") if summary else result.get(key)
 
 
 def bits_done(results: dict[tuple[str, str, int], dict], experiment: str) -> list[int]:

@@ -17,14 +17,37 @@ from bganhash.research import paper
 from bganhash.research.document import Document, markdown_table
 from bganhash.research.plan import AUTHORS_SUFFIX, BASELINE_METHODS, TABLE2_VARIANTS, TABLE4_VARIANTS
 from bganhash.research.protocol import RANKING_RULE, ResultTable
-from bganhash.research.results import bits_done
+from bganhash.research.results import bits_done, seed_value
 
 LOSS_NAMES = {"N": "ℓN", "C": "ℓC", "A": "ℓA"}
 TABLE4_NAMES = {"two_step": "two-step", "tanh": "tanh(βz)", "app": "app(βz)"}
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | str | None) -> str:
+    if isinstance(value, str):
+        return value
     return "–" if value is None else f"{value:.3f}"
+
+
+def _fmt_seeds(result: dict | None, key: str = "map") -> str | None:
+    """A result's number as the table prints it: "mean ± std" over its seeds where it ran under several."""
+    if result is None:
+        return None
+    summary = result.get("seeds_summary") or {}
+    if summary.get("n_seeds", 1) > 1 and f"{key}_mean" in summary:
+        return f"{summary[f'{key}_mean']:.3f} ± {summary[f'{key}_std']:.3f}"
+    return None if result.get(key) is None else f"{result[key]:.3f}"
+
+
+def _seeds_note(results: dict, experiment: str) -> str:
+    """What "±" means in a table, where one of its rows ran under several training seeds."""
+    counts = {r["seeds_summary"]["n_seeds"] for (name, _, _), r in results.items()
+              if name == experiment and "seeds_summary" in r}
+    if not counts:
+        return ""
+    seeds = "/".join(str(n) for n in sorted(counts))
+    return (f" Rows with \"±\": mean ± sample standard deviation over {seeds} training seeds (--seed and the "
+            "next ones; the split stays --seed's); every seed's value is in results.json.")
 
 
 def map_table(bits: list[int], ours: Mapping[str, Mapping[int, float | None]], published: paper.Published | None,
@@ -120,8 +143,8 @@ def table2(doc: Document, results: dict, dataset: str, info: dict) -> dict:
         results, "table2", TABLE2_VARIANTS, bits, published,
         name=_table2_name, ours=_table2_ours,
         record=lambda result, value: None if result is None else {
-            "map": result["map"], "distinct_codes": result["distinct_codes"], "n_database": result["n_database"],
-            "paper": value})
+            "map": seed_value(result), "distinct_codes": result["distinct_codes"], "n_database": result["n_database"],
+            "paper": value, **({"per_seed": result["per_seed"]} if "per_seed" in result else {})})
     doc.table(_pair_header("Losses", bits), rows)
     doc.paragraph("Rows without ℓN have no term tying codes to image similarity: the paper reports them as "
                   "collapsed (\"–\"); we train them and show the measured collapse, the number of distinct codes "
@@ -131,7 +154,7 @@ def table2(doc: Document, results: dict, dataset: str, info: dict) -> dict:
                   "way\" (`adversarial_reaches_encoder=true`): the encoder also descends λ2·ℓA through the "
                   "generator, as one loss trains every network in the authors' code; the paper's ℓN + ℓA row "
                   "differs from its ℓN row, so its numbers must come from this reading. The paper's number is "
-                  "printed beside both.")
+                  "printed beside both." + _seeds_note(results, "table2"))
     return {"bits": bits, "rows": numbers}
 
 
@@ -148,7 +171,7 @@ def _table2_ours(row: str, result: dict | None) -> str:
     if result is None:
         return "not run"
     if "N" in row.split(AUTHORS_SUFFIX)[0].split("+"):
-        return _fmt(result["map"])
+        return _fmt_seeds(result)
     return f"{_fmt(result['map'])}; {result['distinct_codes']} of {result['n_database']} distinct codes"
 
 
@@ -157,23 +180,25 @@ def table3(doc: Document, results: dict, dataset: str, info: dict) -> dict:
     published = paper.published(dataset, "table3")
     doc.heading(2, f"Table 3: unsupervised methods on {info['dataset_label']} (mAP@all, {_split_name(info)})")
     methods = ("bgan", *BASELINE_METHODS)
-    numbers = {m: {str(b): (r["map"] if (r := results.get(("table3", m, b))) else None) for b in bits}
-               for m in methods}
-    ours = {display_name(m): {b: numbers[m][str(b)] for b in bits} for m in methods}
+    numbers = {m: {str(b): seed_value(results.get(("table3", m, b))) for b in bits} for m in methods}
+    ours = {display_name(m): {b: _fmt_seeds(results.get(("table3", m, b))) for b in bits} for m in methods}
     pairs = {display_name(m): paper.TABLE3_COUNTERPART[m] for m in methods if m in paper.TABLE3_COUNTERPART}
     doc.table(*map_table(bits, ours, published, pairs))
     doc.paragraph("Our baselines run on the same features as our BGAN; each is followed by the paper's row "
                   "for the same method on VGG-fc7 features (\"+VGG\"); the paper's other rows used hand-crafted "
-                  "features or their own deep networks. PCAH has no row in the paper.")
-    at_1000 = {m: {str(b): r.get("map_at_1000") if (r := results.get(("table3", m, b))) else None for b in bits}
-               for m in methods}
+                  "features or their own deep networks. PCAH has no row in the paper." + _seeds_note(results, "table3"))
+    at_1000 = {m: {str(b): seed_value(results.get(("table3", m, b)), "map_at_1000") for b in bits} for m in methods}
     if any(v is not None for row in at_1000.values() for v in row.values()):
         doc.paragraph(f"The same codes scored by mAP@1000 ({_split_name(info)}), the measure of the wider "
                       "literature (GreedyHash, BiHalf, CIBHash report it, mostly under the train-test protocol: "
                       "the 10,000 test images against the 50,000 training images); the paper reports none:")
-        doc.table(*map_table(bits, {display_name(m): {b: at_1000[m][str(b)] for b in bits} for m in methods}, None))
+        doc.table(*map_table(bits, {display_name(m): {b: _fmt_seeds(results.get(("table3", m, b)), "map_at_1000")
+                                                      for b in bits} for m in methods}, None))
     paper_rows = published.rows if published is not None else {}
+    per_seed = {m: {str(b): r["per_seed"] for b in bits if "per_seed" in (r := results.get(("table3", m, b)) or {})}
+                for m in methods}
     return {"bits": bits, "ours": numbers, "ours_map_at_1000": at_1000,
+            "ours_per_seed": {m: runs for m, runs in per_seed.items() if runs},
             "paper": {row: list(values) for row, values in paper_rows.items()}}
 
 
@@ -188,12 +213,14 @@ def table4(doc: Document, results: dict, dataset: str, info: dict) -> dict:
     doc.heading(2, f"Table 4: sign approximation (mAP@all, {_split_name(info)})")
     rows, numbers = _paired_rows(
         results, "table4", TABLE4_VARIANTS, bits, published, name=TABLE4_NAMES.__getitem__,
-        ours=lambda row, result: _fmt(result["map"]) if result else "not run",
-        record=lambda result, value: {"map": result["map"] if result else None, "paper": value})
+        ours=lambda row, result: _fmt_seeds(result) if result else "not run",
+        record=lambda result, value: {"map": seed_value(result), "paper": value,
+                                      **({"per_seed": result["per_seed"]} if result and "per_seed" in result else {})})
     doc.table(_pair_header("Activation", bits), rows)
     doc.paragraph("two-step: trained with a fixed smooth activation tanh(z) and without the quantisation term "
                   "(quantization_weight = 0), sign applied only afterwards; app and tanh: β raised stage by stage "
-                  "(continuation), with the preset's quantisation weight." + _paper_note(dataset, "table4"))
+                  "(continuation), with the preset's quantisation weight." + _paper_note(dataset, "table4")
+                  + _seeds_note(results, "table4"))
     return {"bits": bits, "rows": numbers}
 
 
