@@ -155,3 +155,40 @@ def test_encode_refuses_features_of_the_wrong_width(digits_features, tmp_path):
     result = run("encode", str(model), str(digits_features), "--out", str(tmp_path / "c.npy"))
     assert result.exit_code == 2
     assert "64 features" in result.output
+
+
+def test_precision_alone_keeps_the_size_that_suits_the_data():
+    from bganhash.cli._common import feature_config
+    from bganhash.datasets import load_dataset
+
+    opened = []
+
+    def loader():
+        opened.append(1)
+        return load_dataset("digits")
+
+    assert feature_config(None, None, loader) is None and not opened  # nothing asked: the library picks
+    config = feature_config(None, None, loader, "bf16")
+    assert (config.precision, config.image_size) == ("bf16", 96) and opened  # digits' own size, not 224
+    assert feature_config(None, 128, loader, "bf16").image_size == 128 and len(opened) == 1
+
+
+@pytest.mark.slow
+def test_features_in_bf16_from_the_command_line_are_close_to_fp32_and_cached_apart():
+    pytest.importorskip("openvino")
+    documents = {}
+    for precision in ("fp32", "bf16"):
+        result = run("features", "--precision", precision, "--json")
+        assert result.exit_code == 0, result.output
+        documents[precision] = json.loads(result.stdout)
+    assert documents["bf16"]["precision"] == "bf16" and documents["bf16"]["image_size"] == 96
+    assert not documents["bf16"]["cached"]  # bf16 features are not read from fp32's cache file
+    from bganhash.datasets import load_dataset
+    from bganhash.features.config import FeatureConfig
+    from bganhash.features.extract import extract_features
+
+    digits = load_dataset("digits")
+    fp32, bf16 = (extract_features(digits, FeatureConfig(image_size=96, precision=p), progress=False)
+                  for p in ("fp32", "bf16"))
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert 0.95 < cosine.min() and not np.array_equal(fp32, bf16)

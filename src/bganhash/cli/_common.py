@@ -16,9 +16,9 @@ import click
 
 from bganhash._io import cache_root
 from bganhash._validation import InputError
-from bganhash.datasets import DATASETS
+from bganhash.datasets import DATASETS, load_dataset
 from bganhash.features.backbones import list_backbones
-from bganhash.features.config import FeatureConfig
+from bganhash.features.config import PRECISIONS, FeatureConfig
 from bganhash.registry import BASELINES
 
 
@@ -118,6 +118,13 @@ def backbone_help(prefix: str) -> str:
     return f"{prefix} ({listed})."
 
 
+precision_option = click.option(
+    "--precision", type=click.Choice(PRECISIONS), default=None,
+    help="Backbone arithmetic: fp32 (the default) or bf16 (OpenVINO, 1.8x the images/s on this project's 2-core "
+         "machine; features move by up to 6% in cosine, CIFAR-10 mAP@all at 32 bits by +0.009 for BGAN and "
+         "-0.004 for ITQ, so it is not the default; see BENCHMARKS.md).")
+
+
 def data_options(command):
     """The options every command that reads a dataset shares."""
     options = [
@@ -136,6 +143,7 @@ def data_options(command):
                      help=backbone_help("Backbone for feature extraction")),
         click.option("--image-size", type=click.IntRange(16, 1024), default=None,
                      help="Backbone input size in pixels (default: 224; 128 extracts about 3x faster on a CPU)."),
+        precision_option,
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the hashers."),
     ]
     for option in reversed(options):
@@ -209,14 +217,25 @@ protocol_option = click.option(
          "[default: the dataset's own, paper for CIFAR-10].")
 
 
-def feature_config(backbone: str | None, image_size: int | None, dataset=None):
+def feature_config(backbone: str | None, image_size: int | None, dataset=None, precision: str | None = None):
     """A FeatureConfig from CLI options, leaving unset ones at the library defaults; without --image-size,
-    the size follows `dataset`'s images when it is given (FeatureConfig.for_data). None when no option is
-    set and no dataset given: the library then picks for the data it loads."""
-    overrides = {k: v for k, v in {"backbone": backbone, "image_size": image_size}.items() if v is not None}
-    if dataset is not None:
+    the size follows `dataset`'s images (FeatureConfig.for_data). `dataset` is a Dataset, or a function that
+    loads it, called only when an option is set. None when no option is set and no Dataset given: the
+    library then picks for the data it loads."""
+    fields = {"backbone": backbone, "image_size": image_size, "precision": precision}
+    overrides = {k: v for k, v in fields.items() if v is not None}
+    if dataset is not None and not callable(dataset):
         return FeatureConfig.for_data(dataset, **overrides)
-    return FeatureConfig(**overrides) if overrides else None
+    if not overrides:
+        return None
+    if dataset is not None and image_size is None:
+        return FeatureConfig.for_data(dataset(), **overrides)
+    return FeatureConfig(**overrides)
+
+
+def dataset_loader(dataset: str, data: Path | None):
+    """A function that opens the dataset (for `feature_config`, which needs it only now and then)."""
+    return lambda: load_dataset(dataset, data)
 
 
 def emit(document: dict, as_json: bool, text: str) -> None:

@@ -12,6 +12,7 @@ from bganhash._io import atomic_write, write_json
 from bganhash._validation import InputError
 from bganhash.cli._common import (
     data_options,
+    dataset_loader,
     emit,
     feature_config,
     parse_bits,
@@ -41,14 +42,14 @@ from bganhash.research.tables import table_markdown, write_results
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the features to this .npy file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def features(dataset, data, download, features_path, backbone, image_size, seed, out, as_json) -> None:
+def features(dataset, data, download, features_path, backbone, image_size, precision, seed, out, as_json) -> None:
     """Extract (and cache) pretrained backbone features of a dataset."""
     from bganhash.features.extract import extract_features  # torch
 
     if features_path is not None:
         raise click.UsageError("--features makes no sense here: this command computes features")
     images = load_dataset(dataset, resolve_data(dataset, data, download))
-    config = feature_config(backbone, image_size, images)
+    config = feature_config(backbone, image_size, images, precision)
     cache_path = feature_cache_path(images, config.validate())
     cached = cache_path.is_file()
     start = time.perf_counter()
@@ -61,11 +62,13 @@ def features(dataset, data, download, features_path, backbone, image_size, seed,
         with atomic_write(out) as handle:
             np.save(handle, matrix)
     summary = {"dataset": dataset, "n_images": int(matrix.shape[0]), "n_features": int(matrix.shape[1]),
-               "backbone": config.backbone, "image_size": config.image_size, "seconds": round(seconds, 2),
+               "backbone": config.backbone, "image_size": config.image_size, "precision": config.precision,
+               "seconds": round(seconds, 2),
                "cached": cached, "out": str(out) if out else None}
     how = f"read from the cache ({cache_path})" if cached else f"in {seconds:.1f} s"
     emit(summary, as_json, f"{matrix.shape[0]} images -> {matrix.shape[1]}-d features "
-         f"({config.backbone}, {config.image_size}px) {how}" + (f"; written to {out}" if out else ""))
+         f"({config.backbone}, {config.image_size}px, {config.precision}) {how}"
+         + (f"; written to {out}" if out else ""))
 
 
 @click.command()
@@ -77,14 +80,14 @@ def features(dataset, data, download, features_path, backbone, image_size, seed,
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the results table (Markdown + JSON) and the split [default: results/baselines-DATASET].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def baselines(dataset, data, download, features_path, backbone, image_size, seed, bits, methods, protocol, out,
-              as_json) -> None:
+def baselines(dataset, data, download, features_path, backbone, image_size, precision, seed, bits, methods, protocol,
+              out, as_json) -> None:
     """Run the classic baselines (LSH, PCAH, ITQ, SH, SpH) under the paper's protocol: a Table-3-style report.
 
     The score is mAP@all (see `bganhash train --help`)."""
     data = resolve_data(dataset, data, download)
-    protocol = prepare_for(dataset, data, features_path, feature_config(backbone, image_size), seed,
-                           protocol=protocol)
+    features = feature_config(backbone, image_size, dataset_loader(dataset, data), precision)
+    protocol = prepare_for(dataset, data, features_path, features, seed, protocol=protocol)
     out = out or Path("results") / f"baselines-{dataset}"
 
     def report(method: str, n_bits: int, score: float) -> None:
@@ -120,8 +123,8 @@ MAP_EXPLAINED = ("mAP@all: mean average precision over the whole database ranked
               help="Run folder: models, checkpoints, history and results [default: runs/bgan-DATASET].")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out (same final codes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def train(dataset, data, download, features_path, backbone, image_size, seed, bits, preset, overrides, compare,
-          protocol, out, resume, as_json) -> None:
+def train(dataset, data, download, features_path, backbone, image_size, precision, seed, bits, preset, overrides,
+          compare, protocol, out, resume, as_json) -> None:
     """Train BGAN under the paper's protocol and score it (mAP@all) next to the baselines.
 
     mAP@all is the mean, over the query images, of the average precision of the whole database ranked by
@@ -138,7 +141,7 @@ def train(dataset, data, download, features_path, backbone, image_size, seed, bi
 
     check_overrides(overrides, preset)  # a bad --set fails here, in one line, before any work
     data = resolve_data(dataset, data, download)
-    features = feature_config(backbone, image_size)
+    features = feature_config(backbone, image_size, dataset_loader(dataset, data), precision)
     out = out or Path("runs") / f"bgan-{dataset}"
     with launched() as world:  # one process unless started by torchrun
         with world.local_main_first():  # one process per machine extracts and caches the features, then the others
