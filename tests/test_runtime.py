@@ -55,6 +55,26 @@ def test_openvino_fp32_agrees_and_bf16_stays_close(cifar10_zip):
     assert cosine_rows(bf16, eager).min() >= 0.99
 
 
+def test_int8_is_quantised_once_from_sample_photos_and_stays_close(cifar10_zip, monkeypatch):
+    pytest.importorskip("openvino")
+    from bganhash.features import quantize
+
+    images = cifar_images(cifar10_zip, 16)
+    config = FeatureConfig(image_size=64, batch_size=8)
+    fp32 = features_of_images(images, config)
+    int8 = features_of_images(images, FeatureConfig(image_size=64, batch_size=8, precision="int8"))
+    cosine = cosine_rows(int8, fp32)
+    assert cosine.mean() > 0.95 and not np.allclose(int8, fp32, atol=1e-3)  # close, and really int8
+    path = quantize.quantized_model(runtime.exported_model("efficientnet_lite0", 64), 64)
+    assert path.is_file() and "int8" in path.name
+    monkeypatch.setattr(quantize, "_quantize", lambda *a: pytest.fail("quantised twice"))
+    runtime.feature_engine.cache_clear()
+    np.testing.assert_array_equal(features_of_images(images, FeatureConfig(image_size=64, batch_size=8,
+                                                                           precision="int8")), int8)
+    crops = quantize.calibration_pixels(32, count=4)
+    assert crops.shape == (4, 32, 32, 3) and crops.dtype == np.float32 and 0 <= crops.min() < crops.max() <= 255
+
+
 def test_export_is_cached_on_disk_and_keyed_by_weights_and_size(monkeypatch):
     pytest.importorskip("onnxruntime")
     path = runtime.exported_model("efficientnet_lite0", 64)
@@ -78,6 +98,8 @@ def test_auto_runtime_and_bad_choices(monkeypatch):
         runtime.resolve_runtime("tensorrt", "fp32")
     with pytest.raises(InputError, match="precision=bf16 runs on OpenVINO"):
         runtime.resolve_runtime("torch", "bf16")
+    with pytest.raises(InputError, match="precision=int8 runs on OpenVINO"):
+        runtime.resolve_runtime("onnxruntime", "int8")
     with pytest.raises(InputError, match="runtime='jax' must be one of"):
         FeatureConfig(runtime="jax").validate()
 

@@ -12,7 +12,7 @@ RESIZE_MODES = ("bilinear", "bicubic", "nearest", "area")
 MAX_UPSCALING = 12  # image_size_for_side: digits (8 px) scored best at 96 px = 12x (RESULTS.md)
 SMALLEST_DEFAULT_SIZE = 64
 RUNTIMES = ("auto", "onnxruntime", "openvino", "torch")  # see features.runtime
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 @dataclass
@@ -26,7 +26,8 @@ class FeatureConfig:
     smaller than that, `FeatureConfig.for_data(dataset)` picks the size from their resolution.
 
     runtime: where the backbone runs ("auto": OpenVINO, else ONNX Runtime, see features.runtime); it does
-    not change the features beyond 1e-5. precision: "bf16" runs on OpenVINO, faster but not identical.
+    not change the features beyond 1e-5. precision: "bf16" and "int8" (features.quantize) run on OpenVINO,
+    faster but not identical.
     """
 
     backbone: str = "efficientnet_lite0"
