@@ -165,6 +165,21 @@ def test_train_command_under_torchrun_prints_and_writes_once(tmp_path):
     assert json.loads((tmp_path / "run" / "8bit" / "checkpoints" / MANIFEST_FILE).read_text())["next_stage"] == 2
 
 
+@pytest.mark.slow
+def test_paper_preset_under_torchrun_trains_scores_and_saves_once(tmp_path):
+    """The paper preset (VGG encoder from pixels, at 1/16 width) through `torchrun -m bganhash train`."""
+    np.save(tmp_path / "digits.npy", load_digits().data.astype(np.float32))
+    args = ("-m", "bganhash", "train", "--features", str(tmp_path / "digits.npy"), "--bits", "16", "--compare",
+            "lsh", "--preset", "paper", "--set", "device=cpu", "--set", "width_factor=0.0625", "--set",
+            "head_hidden=[32]", "--set", "epochs_per_stage=1", "--set", "beta_schedule=[1]",
+            "--out", str(tmp_path / "run"), "--json")
+    result = _torchrun(tmp_path, *args)
+    document = json.loads(result.stdout)  # one JSON document: rank 1 printed nothing
+    assert 0 < document["map"]["bgan"]["16"] <= 1 and result.stderr.count("BGAN  16 bits") == 1
+    saved = json.loads((tmp_path / "run" / "16bit" / "model" / "hasher.json").read_text())
+    assert '"encoder": "vgg"' in json.dumps(saved)
+
+
 # ---- pieces that need no second process ------------------------------------------------------------
 
 def test_shards_cover_the_batch_in_order_and_weights_undo_the_average():
