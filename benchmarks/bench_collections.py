@@ -2,12 +2,15 @@
 
 Collections of N training images (500 other training images are the queries), the default features
 (EfficientNet-Lite0 at 224 px, from the feature cache), hashers trained as `bganhash index` trains them
-(ITQ; BGAN with the collection's K), 64 bits. For each: precision@10 by class and mAP@all of the Hamming
+(ITQ; BGAN with the collection's K; both, and the re-ranking reducer, on a random sample of at most
+--max-train of the collection, as `index --max-train` does), 64 bits, under each of --seeds. For each:
+precision@10 by class and mAP@all of the Hamming
 ranking (ties by insertion order), precision@10 after re-ranking the C nearest codes by cosine similarity of
 the stored compact features (d float16 values per image, as collections store them), exhaustive cosine
-search on the full features, and the number of distinct codes.
+search on the full features, mAP@all after re-ranking (the C re-ranked first, the Hamming order after), and
+the number of distinct codes.
 
-    python benchmarks/bench_collections.py --sizes 300 2000 10000
+    python benchmarks/bench_collections.py --sizes 300 2000 10000 [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from _common import CIFAR10_ZIP, make_parser, results_path, write_results
 from bganhash.bgan.estimator import BGANHasher
-from bganhash.collection import collection_bgan_settings
+from bganhash.collection import BuildConfig, collection_bgan_settings, training_rows
 from bganhash.datasets import load_dataset
 from bganhash.features.extract import extract_features
 from bganhash.features.transforms import transform_features
@@ -32,33 +35,46 @@ def precision_at_10(ranked_ids: np.ndarray, query_labels: np.ndarray, labels: np
     return float((labels[ranked_ids[:, :10]] == query_labels[:, None]).mean())
 
 
-def hasher_for(method: str, n_bits: int, n_images: int):
+def hasher_for(method: str, n_bits: int, n_train: int, seed: int):
     if method == "itq":
-        return ITQ(n_bits, random_state=0)
-    return BGANHasher(n_bits, random_state=0, **collection_bgan_settings(n_images))
+        return ITQ(n_bits, random_state=seed)
+    return BGANHasher(n_bits, random_state=seed, **collection_bgan_settings(n_train))
 
 
-def evaluate(method, n_bits, features, images, labels, collection, queries, dimensions, candidates) -> dict:
+def average_precision_of_rankings(ranked: np.ndarray, query_labels: np.ndarray, labels: np.ndarray) -> float:
+    """mAP of whole rankings (one row of collection positions per query), relevance by class."""
+    relevant = labels[ranked] == query_labels[:, None]
+    hits = np.cumsum(relevant, axis=1)
+    precision = hits / np.arange(1, ranked.shape[1] + 1)
+    counts = relevant.sum(1)
+    return float(np.mean(np.where(counts > 0, (precision * relevant).sum(1) / np.maximum(counts, 1), 0.0)))
+
+
+def evaluate(method, n_bits, seed, features, images, labels, collection, queries, dimensions, candidates,
+             max_train) -> dict:
     started = time.perf_counter()
-    hasher = hasher_for(method, n_bits, len(collection))
-    fit = {"images": images[collection]} if method == "bgan" else {}
-    hasher.fit(features[collection], **fit, **({"progress": False} if method == "bgan" else {}))
+    train = collection[training_rows(len(collection), max_train, seed)]
+    hasher = hasher_for(method, n_bits, len(train), seed)
+    fit = {"images": images[train], "progress": False} if method == "bgan" else {}
+    hasher.fit(features[train], **fit)
     seconds = time.perf_counter() - started
     codes, query_codes = hasher.encode(features[collection]), hasher.encode(features[queries])
     index = Index(n_bits)
     index.add(codes)
     collection_labels, query_labels = labels[collection], labels[queries]
-    distances, ranked = index.search(query_codes, max(candidates))
-    row = {"method": method, "n_images": len(collection), "bits": n_bits, "fit_s": round(seconds, 1),
-           "distinct_codes": int(len(np.unique(codes, axis=0))),
+    distances, ranked = index.search(query_codes, len(collection))  # the whole Hamming ranking
+    row = {"method": method, "n_images": len(collection), "n_train": len(train), "bits": n_bits, "seed": seed,
+           "fit_s": round(seconds, 1), "distinct_codes": int(len(np.unique(codes, axis=0))),
            "p10_hamming": precision_at_10(ranked, query_labels, collection_labels),
            "map_all_hamming": float(mean_average_precision(query_codes, codes, query_labels, collection_labels))}
     for d in dimensions:
-        reducer = FeatureReducer.fit(features[collection], d)
+        reducer = FeatureReducer.fit(features[train], d)
         stored, reduced_queries = reducer.reduce(features[collection]), reducer.reduce(features[queries])
         for c in candidates:
-            _, reranked, _ = rerank(distances[:, :c], ranked[:, :c], reduced_queries, stored.__getitem__, 10)
-            row[f"p10_rerank_d{d}_c{c}"] = precision_at_10(reranked, query_labels, collection_labels)
+            _, reranked, _ = rerank(distances[:, :c], ranked[:, :c], reduced_queries, stored.__getitem__, c)
+            row[f"p10_rerank_d{d}_c{c}"] = precision_at_10(reranked[:, :10], query_labels, collection_labels)
+            whole = np.concatenate([reranked, ranked[:, c:]], axis=1)
+            row[f"map_all_rerank_d{d}_c{c}"] = average_precision_of_rankings(whole, query_labels, collection_labels)
     return row
 
 
@@ -71,6 +87,8 @@ def main() -> None:
     parser.add_argument("--dimensions", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--candidates", type=int, nargs="+", default=[50, 200, 1000])
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--max-train", type=int, default=BuildConfig().max_train)
     args = parser.parse_args()
 
     dataset = load_dataset("cifar10", args.data)
@@ -87,13 +105,15 @@ def main() -> None:
         exhaustive = np.argsort(-(transform_features(features[queries], "l2") @ unit.T), axis=1, kind="stable")
         exhaustive_p10 = precision_at_10(exhaustive, labels[queries], labels[collection])
         for n_bits in args.bits:
-            for method in args.methods:
-                row = evaluate(method, n_bits, features, images, labels, collection, queries, args.dimensions,
-                               args.candidates)
-                row["p10_exhaustive_cosine"] = exhaustive_p10
-                rows.append(row)
-                print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    write_results(args.output, {"rows": rows, "queries": args.queries, "seed": 0,
+            for seed in args.seeds:
+                for method in args.methods:
+                    row = evaluate(method, n_bits, seed, features, images, labels, collection, queries,
+                                   args.dimensions, args.candidates, args.max_train)
+                    row["p10_exhaustive_cosine"] = exhaustive_p10
+                    rows.append(row)
+                    print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    write_results(args.output, {"rows": rows, "queries": args.queries, "seeds": args.seeds,
+                                "max_train": args.max_train,
                                 "data": "CIFAR-10 (JPEG copy), training folder only"})
 
 

@@ -10,7 +10,7 @@ Usage: python benchmarks/bench_runtime.py [--data ../shared/data/cifar10-jpg.zip
      batch (antialiased bilinear), and the EfficientNet-Lite0 module runs in eager PyTorch (channels_last);
    - runtime: `compute_features` as it is now: worker threads decode at reduced size and resize while
      ONNX Runtime (or the runtime given by --runtime) infers the previous batch;
-   - openvino-fp32 and openvino-bf16: the same on OpenVINO, where it is installed.
+   - openvino-fp32, openvino-bf16 and openvino-int8: the same on OpenVINO, where it is installed.
    The paths alternate over --rounds rounds; the best round of each counts (the machine is shared).
 3. Reports images/s, the runtime/eager ratio, the decode time of one 12-MP photo (full and at reduced size)
    and the agreement of the features (cosine per image) with the eager path.
@@ -133,6 +133,9 @@ def main() -> None:
         bf16 = FeatureConfig(image_size=224, precision="bf16")
         paths["openvino-fp32"] = lambda d: compute_features(d, openvino, progress=False)
         paths["openvino-bf16"] = lambda d: compute_features(d, bf16, progress=False)
+        int8 = FeatureConfig(image_size=224, precision="int8")
+        engine_for(int8)  # quantised once before timing (about a minute), like the export
+        paths["openvino-int8"] = lambda d: compute_features(d, int8, progress=False)
     document = {"image_size": 224, "runtime": engine_for(config).runtime, "rounds": args.rounds}
     for name in ("cifar", "photos"):
         rates, features = best_rate(args.workdir / name, paths, args.rounds)

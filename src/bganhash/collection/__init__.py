@@ -5,7 +5,7 @@ Modules: `store` (the directory's format: manifest, generations, checksums, lock
 loaded index) and `query` (decoding untrusted query images).
 """
 
-from bganhash.collection.build import BuildConfig, build_collection, collection_bgan_settings
+from bganhash.collection.build import BuildConfig, build_collection, collection_bgan_settings, training_rows
 from bganhash.collection.generation import PAUSE_AFTER_ENV, BuildSummary, make_thumbnail
 from bganhash.collection.query import (
     DEFAULT_MAX_BYTES,
@@ -30,5 +30,5 @@ __all__ = [
     "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST_FILE", "PAUSE_AFTER_ENV",
     "QUERY_FORMATS", "QUERY_MODES", "BuildConfig", "BuildSummary", "Collection", "Match", "QueryImageError",
     "build_collection", "decode_query", "file_sha256", "make_thumbnail", "read_manifest", "read_query_file",
-    "collection_bgan_settings", "verify_files",
+    "collection_bgan_settings", "training_rows", "verify_files",
 ]

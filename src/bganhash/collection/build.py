@@ -31,7 +31,7 @@ from bganhash.index.rerank import FeatureReducer
 from bganhash.pipeline import ImagePipeline
 from bganhash.registry import HASHERS, create_hasher, hasher_name
 
-__all__ = ["BuildConfig", "build_collection", "collection_bgan_settings"]
+__all__ = ["BuildConfig", "build_collection", "collection_bgan_settings", "training_rows"]
 
 
 @dataclass
@@ -110,7 +110,8 @@ def build_collection(
                                    trained=trained, backend=state.backend,
                                    trained_on=min(len(dataset), config.max_train) if trained else 0)
             if previous is None:
-                state.reducer = FeatureReducer.fit(features[_training_rows(len(features), config)])
+                sample = training_rows(len(features), config.max_train, config.seed)
+                state.reducer = FeatureReducer.fit(features[sample])
                 state.vectors = np.empty((0, state.reducer.dimensions), np.float16)
             write_generation(out, state, kept_rows, dataset, _encode(dataset, features, state),
                              _vectors(features, state), stamp_of, summary, config.thumbnail_size,
@@ -203,7 +204,7 @@ def _readable_dataset(root: Path, members: list[str]) -> tuple[Any, list[tuple[s
 
 def _train_hasher(dataset: Any, features: np.ndarray, state: State, config: BuildConfig, progress: bool) -> Hasher:
     """A hasher trained on (a random sample of at most max_train of) the new images' features."""
-    picked = _training_rows(len(dataset), config)
+    picked = training_rows(len(dataset), config.max_train, config.seed)
     train, features = dataset.subset(picked), features[picked]
     state.method, state.n_bits = config.method, config.n_bits
     if config.method == "bgan":
@@ -236,11 +237,12 @@ def collection_bgan_settings(n_images: int, batch_size: int = 128, n_stages: int
     return {"k1": k, "k2": k, "epochs_per_stage": epochs, "lr": COLLECTION_LR}
 
 
-def _training_rows(n_images: int, config: BuildConfig) -> np.ndarray:
-    """The rows a hasher (and the re-ranking reducer) is fitted on: a random sample of at most max_train."""
-    if n_images <= config.max_train:
+def training_rows(n_images: int, max_train: int, seed: int) -> np.ndarray:
+    """The rows a collection's hasher (and its re-ranking reducer) is fitted on: a seeded random sample of at
+    most `max_train` of its `n_images`."""
+    if n_images <= max_train:
         return np.arange(n_images)
-    return np.sort(np.random.default_rng(config.seed).choice(n_images, config.max_train, replace=False))
+    return np.sort(np.random.default_rng(seed).choice(n_images, max_train, replace=False))
 
 
 def _vectors(features: np.ndarray | None, state: State) -> np.ndarray | None:
