@@ -167,10 +167,11 @@ def test_precision_alone_keeps_the_size_that_suits_the_data():
         opened.append(1)
         return load_dataset("digits")
 
-    assert feature_config(None, None, loader) is None and not opened  # nothing asked: the library picks
-    config = feature_config(None, None, loader, "bf16")
+    assert feature_config(None, None, load_dataset_once=loader) is None and not opened  # the library picks
+    config = feature_config(None, None, "bf16", load_dataset_once=loader)
     assert (config.precision, config.image_size) == ("bf16", 96) and opened  # digits' own size, not 224
-    assert feature_config(None, 128, loader, "bf16").image_size == 128 and len(opened) == 1
+    assert feature_config(None, 128, "bf16", load_dataset_once=loader).image_size == 128 and len(opened) == 1
+    assert feature_config(None, None, dataset=load_dataset("digits")).image_size == 96  # a dataset in hand
 
 
 @pytest.mark.slow

@@ -42,3 +42,25 @@ def test_baselines_under_the_train_test_protocol_query_the_test_images(tmp_path)
     assert result.exit_code == 0, result.output
     split = json.loads((tmp_path / "out" / "split.json").read_text())
     assert len(split["query"]) == 12  # the 3 x 4 test images
+
+
+def test_baselines_report_map_at_1000_beside_map_all(tmp_path):
+    """mAP@1000 (the train-test literature's measure) of the same codes, equal to the metric called directly."""
+    from bganhash.metrics import mean_average_precision
+    from bganhash.registry import create_hasher
+    from bganhash.research.protocol import prepare_protocol
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["baselines", "--dataset", "digits", "--methods", "itq", "--bits", "16",
+                                       "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    data = prepare_protocol("digits", progress=False)
+    split = data.split
+    assert len(split.database) > 1000  # so that the top 1,000 is not the whole ranking
+    itq = create_hasher("itq", 16, random_state=0).fit(data.features[split.train])
+    expected = mean_average_precision(itq.encode(data.features[split.query]), itq.encode(data.features[split.database]),
+                                      data.labels[split.query], data.labels[split.database], 1000)
+    assert document["map_at_1000"]["itq"]["16"] == pytest.approx(expected, abs=1e-12)
+    assert document["map_at_1000"]["itq"]["16"] != pytest.approx(document["map"]["itq"]["16"], abs=1e-3)
+    assert "mAP@1000" in (out / "table3.md").read_text()

@@ -9,14 +9,14 @@ import tarfile
 import time
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
 from bganhash._io import cache_root
 from bganhash._validation import InputError
-from bganhash.datasets import DATASETS, load_dataset
+from bganhash.datasets import DATASETS, Dataset, load_dataset
 from bganhash.features.backbones import list_backbones
 from bganhash.features.config import PRECISIONS, FeatureConfig
 from bganhash.registry import BASELINES
@@ -217,23 +217,24 @@ protocol_option = click.option(
          "[default: the dataset's own, paper for CIFAR-10].")
 
 
-def feature_config(backbone: str | None, image_size: int | None, dataset=None, precision: str | None = None):
+def feature_config(backbone: str | None, image_size: int | None, precision: str | None = None, *,
+                   dataset: Dataset | None = None, load_dataset_once: Callable[[], Dataset] | None = None):
     """A FeatureConfig from CLI options, leaving unset ones at the library defaults; without --image-size,
-    the size follows `dataset`'s images (FeatureConfig.for_data). `dataset` is a Dataset, or a function that
-    loads it, called only when an option is set. None when no option is set and no Dataset given: the
+    the size follows the data's images (FeatureConfig.for_data): `dataset`, or what `load_dataset_once`
+    returns (called only when an option is set). None when no option is set and no dataset given: the
     library then picks for the data it loads."""
     fields = {"backbone": backbone, "image_size": image_size, "precision": precision}
     overrides = {k: v for k, v in fields.items() if v is not None}
-    if dataset is not None and not callable(dataset):
+    if dataset is not None:
         return FeatureConfig.for_data(dataset, **overrides)
     if not overrides:
         return None
-    if dataset is not None and image_size is None:
-        return FeatureConfig.for_data(dataset(), **overrides)
+    if load_dataset_once is not None and image_size is None:
+        return FeatureConfig.for_data(load_dataset_once(), **overrides)
     return FeatureConfig(**overrides)
 
 
-def dataset_loader(dataset: str, data: Path | None):
+def dataset_loader(dataset: str, data: Path | None) -> Callable[[], Dataset]:
     """A function that opens the dataset (for `feature_config`, which needs it only now and then)."""
     return lambda: load_dataset(dataset, data)
 

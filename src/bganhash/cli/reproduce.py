@@ -66,7 +66,8 @@ def reproduce(dataset, data, download, features_path, backbone, image_size, prec
         features_path=None if features_path is None else str(Path(features_path).resolve()),
         seed=seed, preset=preset, quick=quick, overrides=overrides,
         split_path=None if split_path is None else str(Path(split_path).resolve()),
-        feature_config=feature_config(backbone, image_size, dataset_loader(dataset, data), precision), only=only,
+        feature_config=feature_config(backbone, image_size, precision, load_dataset_once=dataset_loader(dataset, data)),
+        only=only,
         bits=None if bits is None else tuple(bits), protocol=protocol, seeds=seeds)
     out = out or Path("results") / f"reproduce-{dataset}"
     summary = run_reproduction(settings, out, log=lambda message: click.echo(message, err=True),

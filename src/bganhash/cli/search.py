@@ -72,7 +72,8 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
     config = BuildConfig(method=method, n_bits=bits, max_train=max_train, thumbnail_size=thumbnail_size, seed=seed,
                          backend=backend).validate()  # a bad --backend fails here, before any work
     # None: the model's own, else the size that suits the images (the folder is opened only to pick it)
-    features = feature_config(backbone, image_size, lambda: load_folder(photos, validate=False), precision)
+    features = feature_config(backbone, image_size, precision,
+                              load_dataset_once=lambda: load_folder(photos, validate=False))
     with torchrun_group() as is_main:  # under torchrun the ranks extract the features together; rank 0 writes
         summary = build_collection(photos, out, model=model, config=config, update=update, feature_config=features)
     if not is_main:

@@ -66,7 +66,8 @@ def _bgan_result(cell: Cell, settings: ReproduceSettings, data, gallery: np.ndar
     hasher = bgan_hasher(settings, params["bits"], params["overrides"], params.get("seed"))
     checkpoints = out / "checkpoints" / cell.id
     started = time.perf_counter()
-    fit_bgan(hasher, data, checkpoint_dir=checkpoints, resume=True, progress=progress, pixel_size=_image_side(data))
+    resume = checkpoints.is_dir()  # an interrupted cell continues; a new one starts without a warning
+    fit_bgan(hasher, data, checkpoint_dir=checkpoints, resume=resume, progress=progress, pixel_size=_image_side(data))
     fit_seconds = time.perf_counter() - started
     measures = _codes_and_measures(lambda idx: encode_rows(hasher, data, idx), data, gallery)
     shutil.rmtree(checkpoints, ignore_errors=True)
