@@ -13,7 +13,7 @@ import safetensors.numpy
 from bganhash._validation import InputError
 from bganhash.collection import BuildConfig, Collection, build_collection, decode_query, file_sha256
 from bganhash.features.config import FeatureConfig
-from bganhash.index.rerank import FeatureReducer, rerank
+from bganhash.index.rerank import FeatureReducer, default_candidates, rerank
 from conftest import write_digits
 
 FEATURES = FeatureConfig(image_size=32, batch_size=64)
@@ -33,6 +33,11 @@ def test_reduced_vectors_keep_cosine_order(rng):
     assert FeatureReducer.fit(X[:5], dimensions=16).dimensions == 5  # no more axes than rows
     with pytest.raises(InputError, match="features"):
         reducer.reduce(X[:, :10])
+
+
+def test_large_collections_re_rank_more_candidates_by_default():
+    """200 up to 10,000 images, one per 50 above, at most 1,000 (measured at 49,500 images, RESULTS.md)."""
+    assert [default_candidates(n) for n in (0, 300, 10_000, 20_000, 49_500, 10**6)] == [200, 200, 200, 400, 990, 1000]
 
 
 def test_rerank_orders_candidates_by_similarity_and_pads():
@@ -67,6 +72,7 @@ def test_an_exact_duplicate_of_the_query_ranks_first(with_duplicates):
     photos, out = with_duplicates
     with Collection.load(out) as collection:
         assert collection.reranked and collection.vectors.dtype == np.float16
+        assert collection.candidates == default_candidates(len(collection)) == 200
         for name in ("0017.png", "zz-copy-of-0017.png"):
             image = decode_query((photos / name).read_bytes())
             top = collection.search_images([image], k=5)[0]

@@ -21,7 +21,6 @@ from bganhash.collection import (
 from bganhash.collection.query import MAX_PIXELS_CEILING
 from bganhash.datasets.folder import list_image_files, load_folder
 from bganhash.features.backbones import list_backbones
-from bganhash.index.rerank import DEFAULT_CANDIDATES
 from bganhash.registry import HASHERS
 
 _QUERY_BATCH = 64
@@ -110,8 +109,9 @@ def _unreadable_line(path: str, reason: str) -> str:
 @click.argument("index_dir", type=click.Path(path_type=Path))
 @click.argument("query", type=click.Path(path_type=Path))
 @click.option("-k", "k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Results per query.")
-@click.option("--candidates", type=click.IntRange(1), default=DEFAULT_CANDIDATES, show_default=True,
-              help="Nearest codes re-ranked by feature similarity (the first of the two search stages).")
+@click.option("--candidates", type=click.IntRange(1), default=None,
+              help="Nearest codes re-ranked by feature similarity (the first of the two search stages) "
+                   "[default: 200, or one per 50 indexed images when more, at most 1,000].")
 @click.option("--absolute", is_flag=True,
               help="Print each result's full path (root joined with the path) instead of the path under the root.")
 @click.option("--json", "as_json", is_flag=True,
@@ -129,7 +129,8 @@ def search(index_dir, query, k, candidates, absolute, as_json) -> None:
         queries, skipped = _query_images(query, collection.feature_config.image_size)
         context = {"index": str(index_dir), "root": collection.root, "backend": collection.backend, "k": k,
                    "n_bits": collection.n_bits, "reranked": collection.reranked}
-        collection.candidates = candidates
+        if candidates is not None:
+            collection.candidates = candidates
         if not as_json:
             click.echo(_search_legend(context))
         for start in range(0, len(queries), _QUERY_BATCH):

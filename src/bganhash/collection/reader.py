@@ -19,7 +19,7 @@ from bganhash._validation import InputError
 from bganhash.collection.store import GENERATION_FILE, MANIFEST_FILE, WHAT, read_manifest, verify_files
 from bganhash.features.config import FeatureConfig
 from bganhash.index import Index
-from bganhash.index.rerank import DEFAULT_CANDIDATES, FeatureReducer, rerank
+from bganhash.index.rerank import FeatureReducer, default_candidates, rerank
 from bganhash.pipeline import ImagePipeline
 from bganhash.registry import load_hasher
 
@@ -56,7 +56,7 @@ class Collection:
                  vectors: np.ndarray | None = None) -> None:
         self.path = path
         self.reducer, self.vectors = reducer, vectors  # the second stage (None: an index from before it)
-        self.candidates = DEFAULT_CANDIDATES
+        self.candidates = default_candidates(len(codes))  # what a search re-ranks (search --candidates)
         self.manifest = manifest
         self.generation = int(manifest["generation"])
         self.n_bits = int(manifest["n_bits"])
