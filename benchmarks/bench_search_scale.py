@@ -7,7 +7,8 @@ training image's features plus Gaussian noise (sd 0.1 of the features' own sd), 
 have the distribution of real ones. ITQ (fitted on 10,000 training images) gives the codes; the collection's
 FeatureReducer (128 float16 values) gives the stored vectors. One query at a time, as a user searches:
 - hamming: the exact binary index (faiss IndexBinaryFlat when installed), top 10;
-- two-stage: its top 200 re-ranked by cosine on the stored vectors (bganhash's default);
+- two-stage: its top candidates re-ranked by cosine on the stored vectors (bganhash's default count for
+  N images, `default_candidates`: 1,000 at 1,000,000; --candidates overrides);
 - exhaustive: cosine against every row's full float32 features.
 Writes benchmarks/results/search_scale.json.
 """
@@ -25,7 +26,7 @@ from bganhash.features.extract import extract_features
 from bganhash.features.transforms import transform_features
 from bganhash.hashers import ITQ
 from bganhash.index import Index
-from bganhash.index.rerank import DEFAULT_CANDIDATES, FeatureReducer, rerank
+from bganhash.index.rerank import FeatureReducer, default_candidates, rerank
 
 
 def synthetic_database(features: np.ndarray, n_images: int, seed: int, chunk: int = 50_000) -> np.ndarray:
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=CIFAR10_ZIP)
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--candidates", type=int, default=None, help="default: what a collection of --images uses")
     parser.add_argument("--bits", type=int, default=64)
     args = parser.parse_args()
     dataset = load_dataset("cifar10", args.data)
@@ -82,12 +84,13 @@ def main() -> None:
     query_codes, query_vectors = hasher.encode(queries), reducer.reduce(queries)
     query_unit = transform_features(queries, "l2")
     rows = list(range(len(queries)))
+    candidates = args.candidates or default_candidates(args.images)
 
     def hamming(row: int):
         return index.search(query_codes[row:row + 1], 10)
 
     def two_stage(row: int):
-        distances, ids = index.search(query_codes[row:row + 1], DEFAULT_CANDIDATES)
+        distances, ids = index.search(query_codes[row:row + 1], candidates)
         return rerank(distances, ids, query_vectors[row:row + 1], vectors.__getitem__, 10)
 
     def exhaustive(row: int):
@@ -102,7 +105,7 @@ def main() -> None:
                          "memory_mb_at_n": round(stored * args.images / 2**20, 1)}
         print(name, results[name], flush=True)
     write_results(args.out, {"images": args.images, "bits": args.bits, "queries": len(rows),
-                             "candidates": DEFAULT_CANDIDATES, "engine": index.engine, "results": results})
+                             "candidates": candidates, "engine": index.engine, "results": results})
 
 
 if __name__ == "__main__":
