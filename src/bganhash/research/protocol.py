@@ -145,11 +145,9 @@ def evaluate_hasher(hasher, data: ProtocolData) -> float:
 def map_all_and_at_1000(hasher, data: ProtocolData) -> tuple[float, float]:
     """mAP@all and mAP@1000 of a fitted hasher, from one encoding of the queries and the database: the
     paper's measure and the one of the train-test literature (GreedyHash, BiHalf, CIBHash)."""
-    split = data.split
-    query, database = encode_rows(hasher, data, split.query), encode_rows(hasher, data, split.database)
-    labels = data.labels[split.query], data.labels[split.database]
-    return (mean_average_precision(query, database, *labels),
-            mean_average_precision(query, database, *labels, min(1000, len(split.database))))
+    codes_and_labels = _codes_and_labels(hasher, data)
+    return (mean_average_precision(*codes_and_labels),
+            mean_average_precision(*codes_and_labels, min(1000, len(data.split.database))))
 
 
 def encode_rows(hasher, data: ProtocolData, indices: np.ndarray) -> np.ndarray:
@@ -163,9 +161,14 @@ def encode_rows(hasher, data: ProtocolData, indices: np.ndarray) -> np.ndarray:
 def score_hasher(hasher, data: ProtocolData, top_k: int | None = None) -> float:
     """mAP of a fitted hasher (mAP@all, or mAP@`top_k`): queries ranked against the database by Hamming
     distance. Pixel encoders encode the images, every other hasher the features."""
+    return mean_average_precision(*_codes_and_labels(hasher, data), top_k)
+
+
+def _codes_and_labels(hasher, data: ProtocolData) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The split's query codes, database codes, query labels and database labels."""
     split = data.split
-    return mean_average_precision(encode_rows(hasher, data, split.query), encode_rows(hasher, data, split.database),
-                                  data.labels[split.query], data.labels[split.database], top_k)
+    return (encode_rows(hasher, data, split.query), encode_rows(hasher, data, split.database),
+            data.labels[split.query], data.labels[split.database])
 
 
 def fit_bgan(hasher, data: ProtocolData, *, checkpoint_dir: str | Path | None = None, resume: bool = False,
