@@ -15,6 +15,7 @@ the number of distinct codes.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -35,10 +36,10 @@ def precision_at_10(ranked_ids: np.ndarray, query_labels: np.ndarray, labels: np
     return float((labels[ranked_ids[:, :10]] == query_labels[:, None]).mean())
 
 
-def hasher_for(method: str, n_bits: int, n_train: int, seed: int):
+def hasher_for(method: str, n_bits: int, n_train: int, seed: int, bgan_overrides: dict | None = None):
     if method == "itq":
         return ITQ(n_bits, random_state=seed)
-    return BGANHasher(n_bits, random_state=seed, **collection_bgan_settings(n_train))
+    return BGANHasher(n_bits, random_state=seed, **{**collection_bgan_settings(n_train), **(bgan_overrides or {})})
 
 
 def average_precision_of_rankings(ranked: np.ndarray, query_labels: np.ndarray, labels: np.ndarray) -> float:
@@ -51,10 +52,10 @@ def average_precision_of_rankings(ranked: np.ndarray, query_labels: np.ndarray, 
 
 
 def evaluate(method, n_bits, seed, features, images, labels, collection, queries, dimensions, candidates,
-             max_train) -> dict:
+             max_train, bgan_overrides=None) -> dict:
     started = time.perf_counter()
     train = collection[training_rows(len(collection), max_train, seed)]
-    hasher = hasher_for(method, n_bits, len(train), seed)
+    hasher = hasher_for(method, n_bits, len(train), seed, bgan_overrides)
     fit = {"images": images[train], "progress": False} if method == "bgan" else {}
     hasher.fit(features[train], **fit)
     seconds = time.perf_counter() - started
@@ -89,6 +90,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--max-train", type=int, default=BuildConfig().max_train)
+    parser.add_argument("--bgan-overrides", type=json.loads, default={},
+                        help="JSON object of BGAN settings on top of the collection's (levers), e.g. "
+                             "'{\"bit_spread_weight\": 2}'")
     args = parser.parse_args()
 
     dataset = load_dataset("cifar10", args.data)
@@ -108,12 +112,12 @@ def main() -> None:
             for seed in args.seeds:
                 for method in args.methods:
                     row = evaluate(method, n_bits, seed, features, images, labels, collection, queries,
-                                   args.dimensions, args.candidates, args.max_train)
+                                   args.dimensions, args.candidates, args.max_train, args.bgan_overrides)
                     row["p10_exhaustive_cosine"] = exhaustive_p10
                     rows.append(row)
                     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     write_results(args.output, {"rows": rows, "queries": args.queries, "seeds": args.seeds,
-                                "max_train": args.max_train,
+                                "max_train": args.max_train, "bgan_overrides": args.bgan_overrides,
                                 "data": "CIFAR-10 (JPEG copy), training folder only"})
 
 

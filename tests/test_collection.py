@@ -421,6 +421,8 @@ def test_a_bgan_index_trains_saves_and_searches(tmp_path):
 def test_bgan_neighborhood_shrinks_and_schedule_grows_with_small_collections(n_images, k, epochs):
     settings = collection_bgan_settings(n_images)
     assert (settings["k1"], settings["k2"], settings["epochs_per_stage"]) == (k, k, epochs)
+    # the codes of a pseudo-class spread, the more the larger K (RESULTS.md, issue 12)
+    assert settings["bit_spread_weight"] == pytest.approx(k / 50)
     steps = settings["epochs_per_stage"] * 4 * -(-n_images // 128)
     assert steps >= 1_600  # every collection gets at least the steps 10,000 images get
 

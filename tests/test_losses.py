@@ -110,3 +110,48 @@ def test_cosine_target_weight_must_be_a_fraction():
 
     with pytest.raises(InputError, match="cosine_target_weight=1.5 must be between 0 and 1"):
         make_config("cpu", 32, cosine_target_weight=1.5)
+
+
+def test_bit_spread_loss_by_hand():
+    # one pseudo-class on one vertex: both bits constant and equal -> balance 1, moment 1
+    collapsed = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    assert losses.bit_spread_loss(collapsed).item() == pytest.approx(1.0 + 1.0)
+    # the four vertices of the square: balanced and uncorrelated -> 0
+    spread = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert losses.bit_spread_loss(spread).item() == pytest.approx(0.0)
+    # bits balanced but equal: balance 0, moment 1 (the off-diagonal pair, twice, mean 1)
+    copied = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    assert losses.bit_spread_loss(copied).item() == pytest.approx(1.0)
+    assert losses.bit_spread_loss(torch.tensor([[1.0], [1.0]])).item() == pytest.approx(1.0)
+
+
+def test_positive_target_sets_what_a_positive_pair_is_asked_for():
+    import scipy.sparse as sp
+
+    from bganhash import InputError
+    from bganhash.bgan.config import make_config
+    from bganhash.bgan.train import TrainingData
+
+    positives = sp.csr_matrix(np.array([[1, 1], [0, 1]], dtype=bool))  # not symmetric: shows which entry is which
+    data = TrainingData(torch.zeros(2, 2), None, positives)
+    block = data.similarity_block(np.arange(2), torch.device("cpu"), positive_target=0.25)
+    torch.testing.assert_close(block, torch.tensor([[0.25, 0.25], [-1.0, 0.25]]))
+    with pytest.raises(InputError, match="positive_target=2 must be between -1 and 1"):
+        make_config("cpu", 32, positive_target=2)
+    with pytest.raises(InputError, match="bit_spread_weight"):
+        make_config("cpu", 32, bit_spread_weight=-1.0)
+
+
+def test_bit_spread_keeps_a_pseudo_class_off_a_single_code():
+    """l_N alone puts each of five tight clusters on one code; the bit-spread term splits them."""
+    from bganhash.bgan.estimator import BGANHasher
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 64)) * 3
+    features = (centres[rng.integers(0, 5, 600)] + rng.normal(size=(600, 64))).astype(np.float32)
+    distinct = {}
+    for weight in (0.0, 1.0):
+        hasher = BGANHasher(16, random_state=0, use_content=False, use_adversarial=False, k1=30, k2=30,
+                            epochs_per_stage=10, lr=3e-3, bit_spread_weight=weight)
+        distinct[weight] = len(np.unique(hasher.fit(features, progress=False).encode(features), axis=0))
+    assert distinct[0.0] <= 6 and distinct[1.0] >= 3 * distinct[0.0]

@@ -207,6 +207,12 @@ class LossConfig(_JsonConfig):
     # pulled onto one code: nearer neighbours get nearer codes, so the top of a Hamming ranking is ordered
     # (collections use it: bganhash.collection.build.collection_bgan_settings). Head encoder only.
     cosine_target_weight: float = 0.0
+    # l_N's target for a positive pair (the paper: 1, identical codes). Below 1 a pseudo-class may spread
+    # over nearby codes instead of sharing one vertex.
+    positive_target: float = 1.0
+    # Weight of bganhash.bgan.losses.bit_spread_loss (balanced, uncorrelated bits) added to l_N; 0 is the
+    # paper's objective.
+    bit_spread_weight: float = 0.0
     # Whether the encoder and W_h also descend lambda_2 * (the generator's adversarial loss), i.e. l_A
     # reaches the encoder through the generator, as in the authors' code (their single loss trains both).
     # False is Eq. 18's reading: the encoder descends l_N + lambda_1 l_C only, so l_A shapes the codes
@@ -215,6 +221,10 @@ class LossConfig(_JsonConfig):
 
     def validate(self) -> None:
         _check_number(self.cosine_target_weight, "cosine_target_weight", 0.0)
+        _check_number(self.bit_spread_weight, "bit_spread_weight", 0.0)
+        _check_number(self.positive_target, "positive_target", -1.0)
+        if self.positive_target > 1:
+            raise InputError(f"positive_target={self.positive_target!r} must be between -1 and 1")
         if self.cosine_target_weight > 1:
             raise InputError(f"cosine_target_weight={self.cosine_target_weight!r} must be between 0 and 1")
         for name in ("use_neighborhood", "use_content", "use_adversarial", "balance_pairs",

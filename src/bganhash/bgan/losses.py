@@ -30,6 +30,19 @@ def neighborhood_loss(codes: torch.Tensor, similarity: torch.Tensor, balance_pai
     return 0.5 * (weights * squared).sum()
 
 
+def bit_spread_loss(codes: torch.Tensor) -> torch.Tensor:
+    """Balanced, uncorrelated bits: mean over bits of mean(b_k)^2 plus mean over bit pairs k != l of
+    (b_k^T b_l / B)^2. Both are 0 when every bit splits the batch in half independently of the others,
+    which no code that puts a whole pseudo-class on one vertex can do."""
+    n, n_bits = codes.shape
+    balance = codes.mean(dim=0).pow(2).mean()
+    if n_bits < 2:
+        return balance
+    moments = codes.T @ codes / n
+    off_diagonal = ~torch.eye(n_bits, dtype=torch.bool, device=codes.device)
+    return balance + moments[off_diagonal].pow(2).mean()
+
+
 def content_loss(real: torch.Tensor, fake: torch.Tensor, phi_real: torch.Tensor | None = None,
                  phi_fake: torch.Tensor | None = None, perceptual_weight: float = 1.0) -> torch.Tensor:
     """Eq. 11-13: pixel MSE + perceptual MSE between the discriminator's last-convolution maps.

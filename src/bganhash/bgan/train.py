@@ -35,6 +35,7 @@ from bganhash.bgan.config import BGANConfig
 from bganhash.bgan.distributed import Shard, World, current_world
 from bganhash.bgan.losses import (
     adversarial_objective,
+    bit_spread_loss,
     content_loss,
     discriminator_loss,
     generator_adversarial_loss,
@@ -55,11 +56,13 @@ class TrainingData:
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
-    def similarity_block(self, index: np.ndarray, device: torch.device, cosine_weight: float = 0.0) -> torch.Tensor:
-        """l_N's targets on the batch: S as a dense (B, B) float tensor of +1 / -1, blended with the
-        inputs' cosine similarity when `cosine_weight` > 0 (LossConfig.cosine_target_weight)."""
+    def similarity_block(self, index: np.ndarray, device: torch.device, cosine_weight: float = 0.0,
+                         positive_target: float = 1.0) -> torch.Tensor:
+        """l_N's targets on the batch: S as a dense (B, B) float tensor of `positive_target` / -1
+        (LossConfig.positive_target, 1 in the paper), blended with the inputs' cosine similarity when
+        `cosine_weight` > 0 (LossConfig.cosine_target_weight)."""
         block = self.similarity[index][:, index].toarray()
-        target = torch.from_numpy(np.where(block, 1.0, -1.0).astype(np.float32))
+        target = torch.from_numpy(np.where(block, positive_target, -1.0).astype(np.float32))
         if cosine_weight > 0:
             if self.inputs.ndim != 2:
                 raise InputError("cosine_target_weight needs feature inputs (encoder='head'), not images")
@@ -144,8 +147,10 @@ class Trainer:
         stats = {"bit_balance": bit_balance(shard.whole_batch(z.detach()))}
         zero = z.new_zeros(())
         # l_N over every pair of the mini-batch (Eq. 10); the other terms are means over this shard's rows
-        targets = self.data.similarity_block(index, self.device, cfg.cosine_target_weight)
+        targets = self.data.similarity_block(index, self.device, cfg.cosine_target_weight, cfg.positive_target)
         loss_n = neighborhood_loss(shard.whole_batch(b), targets, cfg.balance_pairs) if cfg.use_neighborhood else zero
+        if cfg.bit_spread_weight > 0:
+            loss_n = loss_n + cfg.bit_spread_weight * bit_spread_loss(shard.whole_batch(b))
         loss_q = quantization_loss(z) if cfg.quantization_weight > 0 else zero
         loss_c, loss_a = zero, zero
         if self.generate is not None:

@@ -218,6 +218,11 @@ def _train_hasher(dataset: Any, features: np.ndarray, state: State, config: Buil
 
 COLLECTION_TRAINING_STEPS = 1_600  # what the cpu preset's 20 epochs of 10,000 images take
 COLLECTION_LR = 3e-3
+# Balanced, uncorrelated bits (bganhash.bgan.losses.bit_spread_loss) beside l_N, at this weight for K = 50
+# and in proportion to K below: at 10,000 images (K = 50) precision@10 0.612 against 0.470 without, mAP@all
+# 0.424 against 0.465 (l_N only, 64 bits, seed 1); at 1,000 images (K = 5), weight 1 left precision@10 where
+# it was (0.539 against 0.538) and cost 0.08 of mAP@all (RESULTS.md, issue 12).
+COLLECTION_BIT_SPREAD_WEIGHT = 1.0
 
 
 def collection_bgan_settings(n_images: int, batch_size: int = 128, n_stages: int = 4) -> dict[str, float]:
@@ -229,12 +234,17 @@ def collection_bgan_settings(n_images: int, batch_size: int = 128, n_stages: int
     shrinks with n: n / 200, at least 3. And the preset's 5 epochs per stage are 1,580 Adam steps at 10,000
     images but 160 at 1,000: too few, the codes stayed half-collapsed (precision@10 0.36 against ITQ's 0.51,
     503 distinct codes of 1,000). At least COLLECTION_TRAINING_STEPS steps at lr 3e-3 gave 0.538 and 865
-    (RESULTS.md, issue 12: every lever measured on CIFAR-10's training folder).
+    (RESULTS.md, issue 12: every lever measured on CIFAR-10's training folder). From a few thousand images
+    on, l_N alone puts a pseudo-class of hundreds on one code (5,102 distinct codes of 10,000 at 32 bits) and
+    the top of a Hamming ranking is a tie in insertion order; a bit-spread term keeps bits balanced and
+    uncorrelated, so a pseudo-class spreads over nearby codes; its weight grows with K, as the pull of the
+    positive sets does.
     """
     k = max(3, min(50, n_images // 200))
     steps_per_epoch = max(1, -(-n_images // batch_size))
     epochs = max(5, -(-COLLECTION_TRAINING_STEPS // (n_stages * steps_per_epoch)))
-    return {"k1": k, "k2": k, "epochs_per_stage": epochs, "lr": COLLECTION_LR}
+    return {"k1": k, "k2": k, "epochs_per_stage": epochs, "lr": COLLECTION_LR,
+            "bit_spread_weight": COLLECTION_BIT_SPREAD_WEIGHT * k / 50}
 
 
 def training_rows(n_images: int, max_train: int, seed: int) -> np.ndarray:
