@@ -139,3 +139,22 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_with_a_warning_and_is_replac
         assert torch.equal(value, resumed.networks.state_dict()[key]), key
     assert not (tmp_path / STATE_FILE).exists() and not any((tmp_path / n).exists() for n in LEGACY_FILES.values())
     assert (tmp_path / MANIFEST_FILE).is_file()
+
+
+def test_a_checkpoint_saved_before_a_field_was_added_still_resumes(tmp_path):
+    """A config saved without a field added since compares at that field's default; a real change still
+    stops the resume, naming the field."""
+    from bganhash._validation import InputError
+    from bganhash.bgan.checkpoint import check_same_config
+    from bganhash.bgan.config import make_config
+
+    current = make_config("cpu", 32).to_dict()
+    saved = make_config("cpu", 32).to_dict()
+    del saved["loss"]["bit_spread_weight"], saved["loss"]["positive_target"]
+    check_same_config(saved, current, tmp_path)
+    saved["loss"]["lambda_content"] = 0.5
+    with pytest.raises(InputError, match=r"differs in \['loss.lambda_content'\]"):
+        check_same_config(saved, current, tmp_path)
+    changed = make_config("cpu", 32, bit_spread_weight=1.0).to_dict()
+    with pytest.raises(InputError, match="loss.bit_spread_weight"):
+        check_same_config(saved | {"loss": {**saved["loss"], "lambda_content": 0.01}}, changed, tmp_path)

@@ -205,10 +205,12 @@ def join_optimizer_states(tensors: dict[str, torch.Tensor], document: dict[str, 
 
 def check_same_config(saved: dict[str, Any], current: dict[str, Any], directory: Path) -> None:
     """Resuming with other settings would not continue the same run: name the differences. Fields
-    saved under a former name (a checkpoint of an earlier version) compare under their current name."""
+    saved under a former name (a checkpoint of an earlier version) compare under their current name; fields
+    added since compare at their default, which keeps the earlier behaviour."""
     if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
         raise InputError(f"cannot resume from {directory}: its {CONFIG_FILE} is not a BGAN configuration")
     saved = upgrade_config_document(json.loads(json.dumps(saved)))
+    saved = _with_added_fields(saved)
     current = json.loads(json.dumps(current))
     for setting in MACHINE_SETTINGS:
         saved["train"].pop(setting, None)
@@ -217,6 +219,17 @@ def check_same_config(saved: dict[str, Any], current: dict[str, Any], directory:
     differences = sorted(k for k in set(saved_flat) | set(current_flat) if saved_flat.get(k) != current_flat.get(k))
     if differences:
         raise InputError(f"cannot resume from {directory}: its config differs in {differences}")
+
+
+def _with_added_fields(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` with the fields it lacks (added after it was saved) at their defaults; as it was when it
+    is not a valid configuration (the comparison then names what differs)."""
+    try:
+        filled = BGANConfig.from_dict(document).to_dict()
+    except (InputError, TypeError):
+        return document
+    return {key: {**filled[key], **value} if isinstance(value, dict) and isinstance(filled.get(key), dict)
+            else value for key, value in document.items()}
 
 
 def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:

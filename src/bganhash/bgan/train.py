@@ -149,8 +149,7 @@ class Trainer:
         # l_N over every pair of the mini-batch (Eq. 10); the other terms are means over this shard's rows
         targets = self.data.similarity_block(index, self.device, cfg.cosine_target_weight, cfg.positive_target)
         loss_n = neighborhood_loss(shard.whole_batch(b), targets, cfg.balance_pairs) if cfg.use_neighborhood else zero
-        if cfg.bit_spread_weight > 0:
-            loss_n = loss_n + cfg.bit_spread_weight * bit_spread_loss(shard.whole_batch(b))
+        loss_s = bit_spread_loss(shard.whole_batch(b)) if cfg.bit_spread_weight > 0 else zero
         loss_q = quantization_loss(z) if cfg.quantization_weight > 0 else zero
         loss_c, loss_a = zero, zero
         if self.generate is not None:
@@ -160,11 +159,14 @@ class Trainer:
                 stats.update(self._discriminator_step(shard, real, fake))
             loss_c, loss_a = self._reconstruction_losses(real, fake)
         stats["loss_n"] = loss_n.item()
+        if cfg.bit_spread_weight > 0:
+            stats["loss_spread"] = loss_s.item()
         stats.update(shard.batch_means({"loss_q": loss_q.item(), "loss_c": loss_c.item(), "loss_g": loss_a.item()}))
         loss_q, loss_c, loss_a = shard.scale(loss_q), shard.scale(loss_c), shard.scale(loss_a)
         # theta and W_h descend l_N + lambda1 l_C (Eq. 18, 21), plus the authors' quantisation term, and,
         # with adversarial_reaches_encoder (the authors' code), lambda2 l_A through the generator
-        encoder_loss = loss_n + cfg.lambda_content * loss_c + cfg.quantization_weight * loss_q
+        encoder_loss = loss_n + cfg.bit_spread_weight * loss_s + cfg.lambda_content * loss_c + \
+            cfg.quantization_weight * loss_q
         if cfg.adversarial_reaches_encoder:
             encoder_loss = encoder_loss + cfg.lambda_adversarial * loss_a
         self._descend("encoder", encoder_loss, keep_graph=True)  # the generator's step below walks the same graph
