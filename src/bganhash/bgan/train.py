@@ -148,8 +148,9 @@ class Trainer:
         zero = z.new_zeros(())
         # l_N over every pair of the mini-batch (Eq. 10); the other terms are means over this shard's rows
         targets = self.data.similarity_block(index, self.device, cfg.cosine_target_weight, cfg.positive_target)
-        loss_n = neighborhood_loss(shard.whole_batch(b), targets, cfg.balance_pairs) if cfg.use_neighborhood else zero
-        loss_s = bit_spread_loss(shard.whole_batch(b)) if cfg.bit_spread_weight > 0 else zero
+        batch_codes = shard.whole_batch(b) if cfg.use_neighborhood or cfg.bit_spread_weight > 0 else b
+        loss_n = neighborhood_loss(batch_codes, targets, cfg.balance_pairs) if cfg.use_neighborhood else zero
+        loss_s = bit_spread_loss(batch_codes) if cfg.bit_spread_weight > 0 else zero
         loss_q = quantization_loss(z) if cfg.quantization_weight > 0 else zero
         loss_c, loss_a = zero, zero
         if self.generate is not None:

@@ -218,6 +218,7 @@ def _train_hasher(dataset: Any, features: np.ndarray, state: State, config: Buil
 
 COLLECTION_TRAINING_STEPS = 1_600  # what the cpu preset's 20 epochs of 10,000 images take
 COLLECTION_LR = 3e-3
+COLLECTION_MAX_K = 50  # K1 = K2 from 10,000 images on (the cpu preset's)
 # Balanced, uncorrelated bits (bganhash.bgan.losses.bit_spread_loss) beside l_N, at this weight for K = 50
 # and in proportion to K below: at 10,000 images (K = 50) precision@10 0.612 against 0.470 without, mAP@all
 # 0.424 against 0.465 (l_N only, 64 bits, seed 1); at 1,000 images (K = 5), weight 1 left precision@10 where
@@ -240,11 +241,11 @@ def collection_bgan_settings(n_images: int, batch_size: int = 128, n_stages: int
     uncorrelated, so a pseudo-class spreads over nearby codes; its weight grows with K, as the pull of the
     positive sets does.
     """
-    k = max(3, min(50, n_images // 200))
+    k = max(3, min(COLLECTION_MAX_K, n_images // 200))
     steps_per_epoch = max(1, -(-n_images // batch_size))
     epochs = max(5, -(-COLLECTION_TRAINING_STEPS // (n_stages * steps_per_epoch)))
     return {"k1": k, "k2": k, "epochs_per_stage": epochs, "lr": COLLECTION_LR,
-            "bit_spread_weight": COLLECTION_BIT_SPREAD_WEIGHT * k / 50}
+            "bit_spread_weight": COLLECTION_BIT_SPREAD_WEIGHT * k / COLLECTION_MAX_K}
 
 
 def training_rows(n_images: int, max_train: int, seed: int) -> np.ndarray:

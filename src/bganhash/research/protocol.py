@@ -136,12 +136,6 @@ def extraction_record(dataset, config: FeatureConfig, seconds_now: float) -> dic
     return {"seconds": recorded if cached else seconds_now, "n_images": len(dataset), "cached": cached}
 
 
-def evaluate_hasher(hasher, data: ProtocolData) -> float:
-    """Fit `hasher` on the training images' features, then return its mAP@all (see `score_hasher`)."""
-    hasher.fit(data.part("train")[0])
-    return score_hasher(hasher, data)
-
-
 def map_all_and_at_1000(hasher, data: ProtocolData) -> tuple[float, float]:
     """mAP@all and mAP@1000 of a fitted hasher, from one encoding of the queries and the database: the
     paper's measure and the one of the train-test literature (GreedyHash, BiHalf, CIBHash)."""
