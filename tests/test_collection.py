@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from bganhash._validation import InputError
+from bganhash.codes import unpack_codes
 from bganhash.collection import (
     MANIFEST_FILE,
     PAUSE_AFTER_ENV,
@@ -109,7 +110,6 @@ def test_stored_codes_are_the_hasher_codes_of_the_features(shared):
 
 
 def test_search_by_file_finds_the_image_itself_first_and_reranks_hamming_candidates(shared):
-    from bganhash.codes import unpack_codes
 
     photos, out = shared
     with Collection.load(out) as collection:
@@ -139,7 +139,11 @@ def test_search_by_id_equals_search_by_its_stored_code(shared):
         image_id = int(collection.ids[5])
         by_id = collection.search_ids([image_id], k=5)[0]
         assert by_id[0].id == image_id and by_id[0].distance == 0
-        assert len(by_id) == 5 and [m.distance for m in by_id] == sorted(m.distance for m in by_id)
+        scores = [m.score for m in by_id]  # re-ranked: ordered by similarity, not by Hamming distance
+        assert len(by_id) == 5 and scores == sorted(scores, reverse=True)
+        by_code = collection.search_codes(unpack_codes(collection.codes[[5]], N_BITS), k=5)[0]
+        assert [m.distance for m in by_code] == sorted(m.distance for m in by_code)
+        assert by_code[0].distance == 0
 
 
 @pytest.mark.parametrize("bad_id", [-1, 10_000, "3", 2.0, True])

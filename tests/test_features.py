@@ -15,7 +15,7 @@ from bganhash.features.config import FeatureConfig
 from bganhash.features.extract import extract_features, features_of_images, resize_pixels
 from bganhash.features.transforms import transform_features
 
-SMALL = FeatureConfig(image_size=48, batch_size=4)
+SMALL = FeatureConfig(image_size=48, batch_size=4, precision="fp32")  # compared with the eager reference
 
 
 class TinyDataset:
@@ -106,7 +106,9 @@ def test_cache_key_follows_data_backbone_size_and_preprocessing():
         feature_cache_path(dataset, FeatureConfig(backbone="efficientnet_lite2", image_size=48)),
     }
     assert len(paths) == 5
-    assert feature_cache_path(dataset, FeatureConfig(image_size=48, batch_size=7)) == feature_cache_path(dataset, SMALL)
+    same = FeatureConfig(image_size=48, batch_size=7, precision="fp32")
+    assert feature_cache_path(dataset, same) == feature_cache_path(dataset, SMALL)
+    assert feature_cache_path(dataset, FeatureConfig(image_size=48, precision="bf16")) != feature_cache_path(dataset, SMALL)
 
 
 def test_no_cache_writes_nothing():

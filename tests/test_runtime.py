@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import bganhash.features.config as config_module
 import bganhash.features.extract as extract_module
 import bganhash.features.runtime as runtime
 from bganhash import InputError
@@ -49,7 +50,7 @@ def test_openvino_fp32_agrees_and_bf16_stays_close(cifar10_zip):
     pytest.importorskip("openvino")
     images = cifar_images(cifar10_zip, 16)
     eager = features_of_images(images, FeatureConfig(image_size=224, runtime="torch"))
-    fp32 = features_of_images(images, FeatureConfig(image_size=224, runtime="openvino"))
+    fp32 = features_of_images(images, FeatureConfig(image_size=224, runtime="openvino", precision="fp32"))
     bf16 = features_of_images(images, FeatureConfig(image_size=224, precision="bf16"))
     assert cosine_rows(fp32, eager).min() >= 0.9999
     assert cosine_rows(bf16, eager).min() >= 0.99
@@ -60,8 +61,7 @@ def test_int8_is_quantised_once_from_sample_photos_and_stays_close(cifar10_zip, 
     from bganhash.features import quantize
 
     images = cifar_images(cifar10_zip, 16)
-    config = FeatureConfig(image_size=64, batch_size=8)
-    fp32 = features_of_images(images, config)
+    fp32 = features_of_images(images, FeatureConfig(image_size=64, batch_size=8, precision="fp32"))
     int8 = features_of_images(images, FeatureConfig(image_size=64, batch_size=8, precision="int8"))
     cosine = cosine_rows(int8, fp32)
     assert cosine.mean() > 0.95 and not np.allclose(int8, fp32, atol=1e-3)  # close, and really int8
@@ -90,18 +90,43 @@ def test_export_is_cached_on_disk_and_keyed_by_weights_and_size(monkeypatch):
 
 
 def test_auto_runtime_and_bad_choices(monkeypatch):
-    assert runtime.resolve_runtime("auto", "fp32") == "openvino"  # the faster one here (BENCHMARKS.md)
-    assert runtime.resolve_runtime("onnxruntime", "fp32") == "onnxruntime"  # asked for by name: kept
+    resolve_runtime = config_module.resolve_runtime
+    assert resolve_runtime("auto", "fp32") == "openvino"  # the faster one here (BENCHMARKS.md)
+    assert resolve_runtime("onnxruntime", "fp32") == "onnxruntime"  # asked for by name: kept
     monkeypatch.setenv("BGANHASH_RUNTIME", "torch")
-    assert runtime.resolve_runtime("auto", "fp32") == "torch"
+    assert resolve_runtime("auto", "fp32") == "torch"
     with pytest.raises(InputError, match="runtime='tensorrt' must be one of"):
-        runtime.resolve_runtime("tensorrt", "fp32")
+        resolve_runtime("tensorrt", "fp32")
     with pytest.raises(InputError, match="precision=bf16 runs on OpenVINO"):
-        runtime.resolve_runtime("torch", "bf16")
+        resolve_runtime("torch", "bf16")
     with pytest.raises(InputError, match="precision=int8 runs on OpenVINO"):
-        runtime.resolve_runtime("onnxruntime", "int8")
+        resolve_runtime("onnxruntime", "int8")
     with pytest.raises(InputError, match="runtime='jax' must be one of"):
         FeatureConfig(runtime="jax").validate()
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, tmp_path):
+    from bganhash import _system
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
+    assert _system.cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert not _system.cpu_has_native_bf16(cpuinfo)
+    assert not _system.cpu_has_native_bf16(tmp_path / "absent")
+
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
+    assert config_module.resolve_precision("auto") == "fp32" and FeatureConfig().precision == "fp32"
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(config_module, "runtime_available", lambda name: True)
+    assert FeatureConfig().precision == "bf16"  # resolved when made: saved configs record what ran
+    assert FeatureConfig(precision="fp32").precision == "fp32"  # asked for by name: kept
+    assert FeatureConfig(runtime="onnxruntime").precision == "fp32"  # bf16 runs on OpenVINO only
+    monkeypatch.setenv("BGANHASH_RUNTIME", "torch")
+    assert FeatureConfig().precision == "fp32"
+    monkeypatch.delenv("BGANHASH_RUNTIME")
+    monkeypatch.setattr(config_module, "runtime_available", lambda name: name != "openvino")
+    assert FeatureConfig().precision == "fp32"  # OpenVINO not installed
 
 
 def test_large_jpeg_decodes_at_reduced_size_close_to_full_decode(tmp_path, rng):

@@ -55,6 +55,20 @@ def torch_threads(count: int | None = None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of x86 CPUs that compute in bf16
+
+
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX), where bf16 inference is fast rather
+    than emulated. False where /proc/cpuinfo is absent (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
 def machine_description() -> str:
     """CPU model, cores and torch threads (and the GPU when CUDA is available)."""
     import torch

@@ -18,7 +18,7 @@ from bganhash._io import cache_root
 from bganhash._validation import InputError
 from bganhash.datasets import DATASETS, Dataset, load_dataset
 from bganhash.features.backbones import list_backbones
-from bganhash.features.config import PRECISIONS, FeatureConfig
+from bganhash.features.config import PRECISION_CHOICES, FeatureConfig
 from bganhash.registry import BASELINES
 
 
@@ -119,10 +119,11 @@ def backbone_help(prefix: str) -> str:
 
 
 precision_option = click.option(
-    "--precision", type=click.Choice(PRECISIONS), default=None,
-    help="Backbone arithmetic: fp32 (the default), bf16 or int8, both on OpenVINO and faster, neither identical: "
-         "bf16 1.8x the images/s on this project's 2-core machine, features at cosine 0.997 to fp32; int8 about "
-         "2.2x, cosine 0.98, quantised once from sample photos. See BENCHMARKS.md for their CIFAR-10 mAP.")
+    "--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+    help="Backbone arithmetic: auto (the default: bf16 on a CPU that computes bf16 natively, AVX-512 BF16 or AMX, "
+         "else fp32), fp32, bf16 or int8; bf16 and int8 run on OpenVINO, faster but not identical: bf16 1.75x the "
+         "images/s of fp32 on this project's 2-core machine, features at mean cosine 0.995 to fp32; int8 2.1x, "
+         "cosine 0.98, quantised once from sample photos. See BENCHMARKS.md for their CIFAR-10 mAP.")
 
 
 def data_options(command):

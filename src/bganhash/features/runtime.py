@@ -14,7 +14,6 @@ import abc
 import contextlib
 import functools
 import hashlib
-import importlib.util
 import logging
 import os
 import tempfile
@@ -27,13 +26,11 @@ import numpy as np
 
 from bganhash._io import cache_root
 from bganhash._system import usable_cpus
-from bganhash._validation import InputError
 from bganhash.features.backbones import backbone_weights_file, shared_backbone
-from bganhash.features.config import PRECISIONS, RUNTIMES
+from bganhash.features.config import resolve_precision, resolve_runtime
 
 logger = logging.getLogger(__name__)
 
-RUNTIME_VARIABLE = "BGANHASH_RUNTIME"  # what "auto" stands for, when set (e.g. torch, to rule a runtime out)
 CACHE_VARIABLE = "BGANHASH_RUNTIME_CACHE"  # where exported models live (default <cache root>/runtimes)
 EXPORT_VERSION = 1  # bump when the exported graph changes (inputs, normalisation, opset)
 ONNX_OPSET = 17
@@ -43,34 +40,6 @@ def runtime_cache_dir() -> Path:
     """Folder of exported models: $BGANHASH_RUNTIME_CACHE, else <bganhash cache>/runtimes."""
     configured = os.environ.get(CACHE_VARIABLE, "").strip()
     return Path(configured).expanduser() if configured else cache_root() / "runtimes"
-
-
-def runtime_available(runtime: str) -> bool:
-    """Whether `runtime` can be imported here (torch always counts: it is a dependency)."""
-    module = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}[runtime]
-    return importlib.util.find_spec(module) is not None
-
-
-def resolve_runtime(runtime: str, precision: str) -> str:
-    """The runtime `auto` stands for: $BGANHASH_RUNTIME when set, else OpenVINO (ONNX Runtime where it is
-    not installed, for fp32), else torch."""
-    if runtime == "auto" and os.environ.get(RUNTIME_VARIABLE, "").strip():
-        runtime = os.environ[RUNTIME_VARIABLE].strip()
-        if runtime not in RUNTIMES:
-            raise InputError(f"${RUNTIME_VARIABLE}={runtime!r} must be one of {', '.join(RUNTIMES)}")
-    if runtime not in RUNTIMES:
-        raise InputError(f"runtime={runtime!r} must be one of {', '.join(RUNTIMES)}")
-    if precision not in PRECISIONS:
-        raise InputError(f"precision={precision!r} must be one of {', '.join(PRECISIONS)}")
-    if runtime == "auto":
-        preferred = ("openvino",) if precision != "fp32" else ("openvino", "onnxruntime")  # by measurement
-        runtime = next((name for name in preferred if runtime_available(name)), "torch")
-    if precision != "fp32" and runtime != "openvino":
-        # ONNX Runtime runs the int8 model too, but at 36 images/s against OpenVINO's 118 (BENCHMARKS.md)
-        raise InputError(f"precision={precision} runs on OpenVINO (pip install openvino), not on {runtime}")
-    if not runtime_available(runtime):
-        raise InputError(f"runtime={runtime!r} is not installed: pip install {runtime}")
-    return runtime
 
 
 class FeatureEngine(abc.ABC):
@@ -141,6 +110,7 @@ class OpenVinoEngine(FeatureEngine):
 @functools.lru_cache(maxsize=4)
 def feature_engine(backbone: str, image_size: int, runtime: str = "auto", precision: str = "fp32") -> FeatureEngine:
     """The engine for (backbone, input size, runtime, precision), built once per process."""
+    precision = resolve_precision(precision, runtime)
     runtime = resolve_runtime(runtime, precision)
     if runtime == "torch":
         return TorchEngine(backbone)
