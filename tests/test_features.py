@@ -108,7 +108,8 @@ def test_cache_key_follows_data_backbone_size_and_preprocessing():
     assert len(paths) == 5
     same = FeatureConfig(image_size=48, batch_size=7, precision="fp32")
     assert feature_cache_path(dataset, same) == feature_cache_path(dataset, SMALL)
-    assert feature_cache_path(dataset, FeatureConfig(image_size=48, precision="bf16")) != feature_cache_path(dataset, SMALL)
+    bf16 = FeatureConfig(image_size=48, batch_size=4, precision="bf16")
+    assert feature_cache_path(dataset, bf16) != feature_cache_path(dataset, SMALL)
 
 
 def test_no_cache_writes_nothing():
