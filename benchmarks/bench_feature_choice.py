@@ -61,11 +61,21 @@ def evaluate_choice(name: str, features: np.ndarray, labels: np.ndarray, split, 
     return row
 
 
+def feature_choice(choice: str) -> FeatureConfig:
+    """A FeatureConfig from "backbone[@size][+flip][/precision]", e.g. "efficientnet_lite2@260+flip/fp32"."""
+    choice, _, precision = choice.partition("/")
+    choice, flip = (choice[: -len("+flip")], True) if choice.endswith("+flip") else (choice, False)
+    backbone, _, size = choice.partition("@")
+    fields = {"backbone": backbone, "flip": flip, "precision": precision or "auto"}
+    return FeatureConfig(**fields, **({"image_size": int(size)} if size else {})).validate()
+
+
 def main() -> None:
     parser = make_parser(__doc__, results_path("feature_choice"))
     parser.add_argument("--data", type=Path, default=CIFAR10_ZIP)
     parser.add_argument("--features", nargs="+", default=["efficientnet_lite0@128", "efficientnet_lite0@224"],
-                        help="feature choices as BACKBONE@SIZE")
+                        metavar="BACKBONE[@SIZE][+flip][/PRECISION]",
+                        help="feature choices, e.g. efficientnet_lite2@260 or efficientnet_lite0@224+flip/fp32")
     parser.add_argument("--bits", type=int, nargs="+", default=[32])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--test", action="store_true", help="also score every choice on the paper's test split")
@@ -86,9 +96,7 @@ def main() -> None:
 
     rows = []
     for choice in args.features:
-        backbone, _, size = choice.partition("@")
-        config = FeatureConfig(backbone=backbone, image_size=int(size)) if size else FeatureConfig(backbone=backbone)
-        features = extract_features(dataset, config)
+        features = extract_features(dataset, feature_choice(choice))
         for evaluated in splits:
             rows.append(evaluate_choice(choice, features, dataset.labels, evaluated, images_of, args))
     write_results(args.output, {

@@ -235,3 +235,18 @@ def test_the_default_engine_serves_several_threads_at_once():
         results = list(pool.map(lambda _: engine(pixels), range(16)))
     for result in results:
         np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flip_averages_an_image_with_its_mirror_and_is_cached_apart(rng):
+    from bganhash.features.cache import preprocessing_key
+
+    image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    flipped = FeatureConfig(image_size=64, batch_size=8, precision="fp32", flip=True)
+    plain = features_of_images([image, image[:, ::-1]], FeatureConfig(image_size=64, batch_size=8, precision="fp32"))
+    both = features_of_images([image, image[:, ::-1]], flipped)
+    np.testing.assert_allclose(both[0], both[1], rtol=1e-4, atol=1e-5)  # a picture and its mirror: one code
+    np.testing.assert_allclose(both[0], plain.mean(0), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(plain[0], plain[1], atol=1e-3)
+    assert preprocessing_key(flipped) != preprocessing_key(FeatureConfig(image_size=64, precision="fp32"))
+    with pytest.raises(InputError, match="flip='yes' must be true or false"):
+        FeatureConfig(flip="yes").validate()

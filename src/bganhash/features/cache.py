@@ -35,6 +35,8 @@ def preprocessing_key(config: FeatureConfig) -> str:
                    "version": PREPROCESSING_VERSION}
     if config.precision != "fp32":
         description["precision"] = config.precision
+    if config.flip:
+        description["flip"] = "mean with the mirror image"
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -44,6 +44,7 @@ class FeatureConfig:
     resize: str = "bilinear"
     runtime: str = "auto"
     precision: str = "auto"
+    flip: bool = False  # average each image's features with its mirror image's (2x the inference)
 
     def __post_init__(self) -> None:
         if self.precision == "auto":
@@ -70,6 +71,8 @@ class FeatureConfig:
             raise InputError(f"runtime={self.runtime!r} must be one of {', '.join(RUNTIMES)}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
+        if not isinstance(self.flip, bool):
+            raise InputError(f"flip={self.flip!r} must be true or false")
         return self
 
 

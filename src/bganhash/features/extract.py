@@ -69,8 +69,17 @@ def features_of_images(images: Sequence[np.ndarray], config: FeatureConfig) -> n
     images = check_image_list(images)
     engine = engine_for(config)
     pixels = [resize_pixels(image, config.image_size, config.resize) for image in images]
-    return np.concatenate([engine(np.stack(pixels[start:start + config.batch_size]))
+    return np.concatenate([infer(engine, np.stack(pixels[start:start + config.batch_size]), config.flip)
                            for start in range(0, len(pixels), config.batch_size)])
+
+
+def infer(engine: FeatureEngine, pixels: np.ndarray, flip: bool = False) -> np.ndarray:
+    """The engine's features of a batch of resized pixels; with `flip`, the mean of those of the images
+    and of their mirror images (left-right), so that a picture and its mirror get one code."""
+    features = engine(pixels)
+    if flip:
+        features = (features + engine(np.ascontiguousarray(pixels[:, :, ::-1]))) / 2
+    return features
 
 
 def compute_features(dataset: Any, config: FeatureConfig, progress: bool = True,
@@ -91,7 +100,7 @@ def _compute(dataset: Any, config: FeatureConfig, progress: bool, wanted: np.nda
         f", rank {rank} of {size})" if size > 1 else ")")
     with progress_bar(len(wanted), desc, enabled=progress) as bar:
         for rows, pixels in prepared_batches(dataset, config, wanted):
-            batch = engine(pixels)
+            batch = infer(engine, pixels, config.flip)
             if features is None:
                 features = np.empty((len(wanted), batch.shape[1]), dtype=np.float32)
             features[rows] = batch
