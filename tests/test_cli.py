@@ -174,6 +174,17 @@ def test_precision_alone_keeps_the_size_that_suits_the_data():
     assert feature_config(None, None, dataset=load_dataset("digits")).image_size == 96  # a dataset in hand
 
 
+def test_features_with_flip_from_the_command_line_are_cached_apart(tmp_path):
+    documents = {}
+    for flag in ((), ("--flip",)):
+        result = run("features", "--image-size", "64", *flag, "--json", "--out", tmp_path / f"f{len(flag)}.npy")
+        assert result.exit_code == 0, result.output
+        documents[bool(flag)] = json.loads(result.stdout)
+    assert documents[True]["flip"] and not documents[False]["flip"] and not documents[True]["cached"]
+    plain, flipped = np.load(tmp_path / "f0.npy"), np.load(tmp_path / "f1.npy")
+    assert plain.shape == flipped.shape and not np.allclose(plain, flipped, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_features_in_bf16_from_the_command_line_are_close_to_fp32_and_cached_apart():
     pytest.importorskip("openvino")

@@ -126,6 +126,12 @@ precision_option = click.option(
          "cosine 0.98, quantised once from sample photos. See BENCHMARKS.md for their CIFAR-10 mAP.")
 
 
+flip_option = click.option(
+    "--flip", is_flag=True, default=None,
+    help="Average each image's features with its mirror image's (twice the extraction time; a picture and its "
+         "mirror then get one code). See RESULTS.md for its effect on CIFAR-10.")
+
+
 def data_options(command):
     """The options every command that reads a dataset shares."""
     options = [
@@ -145,6 +151,7 @@ def data_options(command):
         click.option("--image-size", type=click.IntRange(16, 1024), default=None,
                      help="Backbone input size in pixels (default: 224; 128 extracts about 3x faster on a CPU)."),
         precision_option,
+        flip_option,
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the hashers."),
     ]
     for option in reversed(options):
@@ -218,13 +225,14 @@ protocol_option = click.option(
          "[default: the dataset's own, paper for CIFAR-10].")
 
 
-def feature_config(backbone: str | None, image_size: int | None, precision: str | None = None, *,
+def feature_config(backbone: str | None, image_size: int | None, precision: str | None = None,
+                   flip: bool | None = None, *,
                    dataset: Dataset | None = None, load_dataset_once: Callable[[], Dataset] | None = None):
     """A FeatureConfig from CLI options, leaving unset ones at the library defaults; without --image-size,
     the size follows the data's images (FeatureConfig.for_data): `dataset`, or what `load_dataset_once`
     returns (called only when an option is set). None when no option is set and no dataset given: the
     library then picks for the data it loads."""
-    fields = {"backbone": backbone, "image_size": image_size, "precision": precision}
+    fields = {"backbone": backbone, "image_size": image_size, "precision": precision, "flip": flip or None}
     overrides = {k: v for k, v in fields.items() if v is not None}
     if dataset is not None:
         return FeatureConfig.for_data(dataset, **overrides)

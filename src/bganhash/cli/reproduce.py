@@ -53,8 +53,8 @@ def _parse_only(_ctx, _param, value: str | None):
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Cells run at once, each in its own process on one thread [default: the usable CPU cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def reproduce(dataset, data, download, features_path, backbone, image_size, precision, seed, out, only, bits, quick,
-              preset, overrides, split_path, protocol, seeds, jobs, as_json) -> None:
+def reproduce(dataset, data, download, features_path, backbone, image_size, precision, flip, seed, out, only, bits,
+              quick, preset, overrides, split_path, protocol, seeds, jobs, as_json) -> None:
     """Run the paper's protocol and write a self-contained report (Markdown, HTML, JSON) under --out."""
     from bganhash.bgan.config import check_overrides
     from bganhash.research.runner import reproduce as run_reproduction  # numba, scikit-learn: ~1 s at CLI start
@@ -66,7 +66,8 @@ def reproduce(dataset, data, download, features_path, backbone, image_size, prec
         features_path=None if features_path is None else str(Path(features_path).resolve()),
         seed=seed, preset=preset, quick=quick, overrides=overrides,
         split_path=None if split_path is None else str(Path(split_path).resolve()),
-        feature_config=feature_config(backbone, image_size, precision, load_dataset_once=dataset_loader(dataset, data)),
+        feature_config=feature_config(backbone, image_size, precision, flip,
+                                      load_dataset_once=dataset_loader(dataset, data)),
         only=only,
         bits=None if bits is None else tuple(bits), protocol=protocol, seeds=seeds)
     out = out or Path("results") / f"reproduce-{dataset}"

@@ -42,14 +42,14 @@ from bganhash.research.tables import table_markdown, write_results
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the features to this .npy file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def features(dataset, data, download, features_path, backbone, image_size, precision, seed, out, as_json) -> None:
+def features(dataset, data, download, features_path, backbone, image_size, precision, flip, seed, out, as_json) -> None:
     """Extract (and cache) pretrained backbone features of a dataset."""
     from bganhash.features.extract import extract_features  # torch
 
     if features_path is not None:
         raise click.UsageError("--features makes no sense here: this command computes features")
     images = load_dataset(dataset, resolve_data(dataset, data, download))
-    config = feature_config(backbone, image_size, precision, dataset=images)
+    config = feature_config(backbone, image_size, precision, flip, dataset=images)
     cache_path = feature_cache_path(images, config.validate())
     cached = cache_path.is_file()
     start = time.perf_counter()
@@ -63,11 +63,11 @@ def features(dataset, data, download, features_path, backbone, image_size, preci
             np.save(handle, matrix)
     summary = {"dataset": dataset, "n_images": int(matrix.shape[0]), "n_features": int(matrix.shape[1]),
                "backbone": config.backbone, "image_size": config.image_size, "precision": config.precision,
-               "seconds": round(seconds, 2),
+               "flip": config.flip, "seconds": round(seconds, 2),
                "cached": cached, "out": str(out) if out else None}
     how = f"read from the cache ({cache_path})" if cached else f"in {seconds:.1f} s"
     emit(summary, as_json, f"{matrix.shape[0]} images -> {matrix.shape[1]}-d features "
-         f"({config.backbone}, {config.image_size}px, {config.precision}) {how}"
+         f"({config.backbone}, {config.image_size}px, {config.precision}{', with mirror' if config.flip else ''}) {how}"
          + (f"; written to {out}" if out else ""))
 
 
@@ -80,13 +80,13 @@ def features(dataset, data, download, features_path, backbone, image_size, preci
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the results table (Markdown + JSON) and the split [default: results/baselines-DATASET].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def baselines(dataset, data, download, features_path, backbone, image_size, precision, seed, bits, methods, protocol,
-              out, as_json) -> None:
+def baselines(dataset, data, download, features_path, backbone, image_size, precision, flip, seed, bits, methods,
+              protocol, out, as_json) -> None:
     """Run the classic baselines (LSH, PCAH, ITQ, SH, SpH) under the paper's protocol: a Table-3-style report.
 
     The score is mAP@all (see `bganhash train --help`), with mAP@1000 beside it."""
     data = resolve_data(dataset, data, download)
-    features = feature_config(backbone, image_size, precision, load_dataset_once=dataset_loader(dataset, data))
+    features = feature_config(backbone, image_size, precision, flip, load_dataset_once=dataset_loader(dataset, data))
     protocol = prepare_for(dataset, data, features_path, features, seed, protocol=protocol)
     out = out or Path("results") / f"baselines-{dataset}"
 
@@ -123,7 +123,7 @@ MAP_EXPLAINED = ("mAP@all: mean average precision over the whole database ranked
               help="Run folder: models, checkpoints, history and results [default: runs/bgan-DATASET].")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out (same final codes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def train(dataset, data, download, features_path, backbone, image_size, precision, seed, bits, preset, overrides,
+def train(dataset, data, download, features_path, backbone, image_size, precision, flip, seed, bits, preset, overrides,
           compare, protocol, out, resume, as_json) -> None:
     """Train BGAN under the paper's protocol and score it (mAP@all) next to the baselines.
 
@@ -141,7 +141,7 @@ def train(dataset, data, download, features_path, backbone, image_size, precisio
 
     check_overrides(overrides, preset)  # a bad --set fails here, in one line, before any work
     data = resolve_data(dataset, data, download)
-    features = feature_config(backbone, image_size, precision, load_dataset_once=dataset_loader(dataset, data))
+    features = feature_config(backbone, image_size, precision, flip, load_dataset_once=dataset_loader(dataset, data))
     out = out or Path("runs") / f"bgan-{dataset}"
     with launched() as world:  # one process unless started by torchrun
         with world.local_main_first():  # one process per machine extracts and caches the features, then the others

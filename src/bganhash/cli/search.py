@@ -8,7 +8,15 @@ from pathlib import Path
 import click
 
 from bganhash._validation import InputError
-from bganhash.cli._common import CodeLength, backbone_help, emit, feature_config, precision_option, torchrun_group
+from bganhash.cli._common import (
+    CodeLength,
+    backbone_help,
+    emit,
+    feature_config,
+    flip_option,
+    precision_option,
+    torchrun_group,
+)
 from bganhash.collection import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -46,6 +54,7 @@ _MAX_QUERY_FILE_BYTES = 256 << 20  # a local query file: the pixel limit is what
               help=backbone_help("Backbone for the features"))
 @click.option("--image-size", type=click.IntRange(32, 1024), default=None, help="Backbone input size in pixels.")
 @precision_option
+@flip_option
 @click.option("--thumbnail-size", type=click.IntRange(16, 1024), default=128, show_default=True,
               help="Longest side of the stored thumbnails.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the training.")
@@ -56,8 +65,8 @@ _MAX_QUERY_FILE_BYTES = 256 << 20  # a local query file: the pixel limit is what
                    '"hnsw:32,ef=256" searches more thoroughly) or "mih:4" (4 hash tables; "mih:4,nflip=2" '
                    "probes further). --update keeps the index's own unless this is given.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def index(photos, out, update, model, method, bits, max_train, backbone, image_size, precision, thumbnail_size, seed,
-          backend, as_json) -> None:
+def index(photos, out, update, model, method, bits, max_train, backbone, image_size, precision, flip, thumbnail_size,
+          seed, backend, as_json) -> None:
     """Index the images of folder or zip PHOTOS into one directory: model, codes, paths, thumbnails.
 
     Method, bits, backbone, image size and precision apply to a new index; --update keeps the index's own
@@ -71,7 +80,7 @@ def index(photos, out, update, model, method, bits, max_train, backbone, image_s
     config = BuildConfig(method=method, n_bits=bits, max_train=max_train, thumbnail_size=thumbnail_size, seed=seed,
                          backend=backend).validate()  # a bad --backend fails here, before any work
     # None: the model's own, else the size that suits the images (the folder is opened only to pick it)
-    features = feature_config(backbone, image_size, precision,
+    features = feature_config(backbone, image_size, precision, flip,
                               load_dataset_once=lambda: load_folder(photos, validate=False))
     with torchrun_group() as is_main:  # under torchrun the ranks extract the features together; rank 0 writes
         summary = build_collection(photos, out, model=model, config=config, update=update, feature_config=features)
