@@ -108,11 +108,10 @@ def test_auto_runtime_and_bad_choices(monkeypatch):
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, tmp_path):
     from bganhash import _system
 
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
-    assert _system.cpu_has_native_bf16(cpuinfo)
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
-    assert not _system.cpu_has_native_bf16(cpuinfo)
+    native, emulated = tmp_path / "native", tmp_path / "emulated"
+    native.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n")
+    emulated.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert _system.cpu_has_native_bf16(native) and not _system.cpu_has_native_bf16(emulated)
     assert not _system.cpu_has_native_bf16(tmp_path / "absent")
 
     monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)

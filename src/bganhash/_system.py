@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 from collections.abc import Iterator
@@ -58,6 +59,7 @@ def torch_threads(count: int | None = None) -> Iterator[None]:
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of x86 CPUs that compute in bf16
 
 
+@functools.lru_cache(maxsize=8)
 def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX), where bf16 inference is fast rather
     than emulated. False where /proc/cpuinfo is absent (not Linux)."""
