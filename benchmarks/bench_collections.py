@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from _common import CIFAR10_ZIP, make_parser, results_path, write_results
 from bganhash.bgan.estimator import BGANHasher
 from bganhash.collection import BuildConfig, collection_bgan_settings, training_rows
 from bganhash.datasets import load_dataset
+from bganhash.features.config import FeatureConfig
 from bganhash.features.extract import extract_features
 from bganhash.features.transforms import transform_features
 from bganhash.hashers import ITQ
@@ -96,7 +98,8 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = load_dataset("cifar10", args.data)
-    features = extract_features(dataset)
+    feature_config = FeatureConfig()  # the default, as `bganhash index` extracts (bf16 where the CPU has it)
+    features = extract_features(dataset, feature_config)
     training = np.flatnonzero([location.startswith("train/") for location in dataset.locations])
     order = np.random.default_rng(0).permutation(training)
     queries, pool = order[: args.queries], order[args.queries:]
@@ -118,7 +121,8 @@ def main() -> None:
                     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     write_results(args.output, {"rows": rows, "queries": args.queries, "seeds": args.seeds,
                                 "max_train": args.max_train, "bgan_overrides": args.bgan_overrides,
-                                "data": "CIFAR-10 (JPEG copy), training folder only"})
+                                "data": "CIFAR-10 (JPEG copy), training folder only",
+                                "features": asdict(feature_config)})
 
 
 if __name__ == "__main__":
