@@ -8,8 +8,9 @@ Usage: python benchmarks/bench_runtime.py [--data ../shared/data/cifar10-jpg.zip
 2. Extracts features of each folder, from files to features at 224 px, by
    - eager: what bganhash did before the runtime: one thread decodes each image in full, torch resizes the
      batch (antialiased bilinear), and the EfficientNet-Lite0 module runs in eager PyTorch (channels_last);
-   - runtime: `compute_features` as it is now: worker threads decode at reduced size and resize while
-     ONNX Runtime (or the runtime given by --runtime) infers the previous batch;
+   - runtime: `compute_features` as it is now, with the default FeatureConfig (precision "auto": bf16 where
+     the CPU computes it natively): worker threads decode at reduced size and resize while the runtime
+     (--runtime, default auto: OpenVINO) infers the previous batch;
    - openvino-fp32, openvino-bf16 and openvino-int8: the same on OpenVINO, where it is installed.
    The paths alternate over --rounds rounds; the best round of each counts (the machine is shared).
 3. Reports images/s, the runtime/eager ratio, the decode time of one 12-MP photo (full and at reduced size)
@@ -129,14 +130,15 @@ def main() -> None:
     paths = {"eager": lambda d: eager_features(d, config),
              "runtime": lambda d: compute_features(d, config, progress=False)}
     if importlib.util.find_spec("openvino"):
-        openvino = FeatureConfig(image_size=224, runtime="openvino")
+        openvino = FeatureConfig(image_size=224, runtime="openvino", precision="fp32")
         bf16 = FeatureConfig(image_size=224, precision="bf16")
         paths["openvino-fp32"] = lambda d: compute_features(d, openvino, progress=False)
         paths["openvino-bf16"] = lambda d: compute_features(d, bf16, progress=False)
         int8 = FeatureConfig(image_size=224, precision="int8")
         engine_for(int8)  # quantised once before timing (about a minute), like the export
         paths["openvino-int8"] = lambda d: compute_features(d, int8, progress=False)
-    document = {"image_size": 224, "runtime": engine_for(config).runtime, "rounds": args.rounds}
+    document = {"image_size": 224, "runtime": engine_for(config).runtime, "precision": config.precision,
+                "rounds": args.rounds}
     for name in ("cifar", "photos"):
         rates, features = best_rate(args.workdir / name, paths, args.rounds)
         agreement = {f"{path}_vs_eager_cosine_min": round(cosine_min(features[path], features["eager"]), 6)
