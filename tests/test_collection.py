@@ -414,6 +414,7 @@ def test_a_bgan_index_trains_saves_and_searches(tmp_path):
     with Collection.load(out) as collection:
         assert collection.manifest["method"] == "bgan" and type(collection.hasher).__name__ == "BGANHasher"
         assert collection.hasher.config_["neighborhood"]["k1"] == 3  # scaled down for a small collection
+        assert collection.hasher.networks_.generator is not None  # the whole BGAN below 10,000 images
         assert sorted(p.name for p in (out / collection.manifest["model"]).iterdir()) == ["hasher.json",
                                                                                           "hasher.safetensors"]
         assert len(np.unique(collection.codes, axis=0)) >= 40, "the codes collapsed to a few values"
@@ -427,6 +428,8 @@ def test_bgan_neighborhood_shrinks_and_schedule_grows_with_small_collections(n_i
     assert (settings["k1"], settings["k2"], settings["epochs_per_stage"]) == (k, k, epochs)
     # the codes of a pseudo-class spread, the more the larger K (RESULTS.md, issue 12)
     assert settings["bit_spread_weight"] == pytest.approx(k / 50)
+    generative = n_images < 10_000  # from K = 50 on, l_N and the spread term only (RESULTS.md, issue 12)
+    assert settings["use_content"] == settings["use_adversarial"] == generative
     steps = settings["epochs_per_stage"] * 4 * -(-n_images // 128)
     assert steps >= 1_600  # every collection gets at least the steps 10,000 images get
 
