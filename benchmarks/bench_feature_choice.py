@@ -4,9 +4,13 @@ For each feature choice (backbone@size), on the validation split carved from the
 images (1,000 queries, the other 9,000 as database and training set; the test queries are never seen):
 KNN@20 label precision, then mAP@all of ITQ and of BGAN (the default configuration, several seeds) at
 one code length. With --test, the chosen feature sets are also scored on the paper's test split.
+With --variant NAME:field=value,..., BGAN is also trained with those configuration overrides (the
+fields of `bganhash train --set`), each variant a row beside the default.
 
     python benchmarks/bench_feature_choice.py --data ../shared/data/cifar10-jpg.zip \
         --features efficientnet_lite0@128 efficientnet_lite0@224 --seeds 0 1
+    python benchmarks/bench_feature_choice.py --features efficientnet_lite2@260 --bits 12 \
+        --variant default: --variant epochs10:epochs_per_stage=10 --variant k100:k1=100,k2=100
 
 Features come from the feature cache (extracted on first use: minutes to an hour on 2 cores).
 Writes benchmarks/results/feature_choice.json.
@@ -14,7 +18,9 @@ Writes benchmarks/results/feature_choice.json.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -38,18 +44,34 @@ def score(hasher, features: np.ndarray, labels: np.ndarray, split) -> float:
                                   labels[split.query], labels[split.database])
 
 
-def evaluate_choice(name: str, features: np.ndarray, labels: np.ndarray, split, images_of, args) -> dict:
+def parse_variant(text: str) -> tuple[str, dict]:
+    """"name:field=value,field=value" -> (name, overrides); values are JSON where they parse."""
+    name, _, fields = text.partition(":")
+    overrides = {}
+    for item in filter(None, re.split(r",(?=\s*\w+=)", fields)):  # commas inside a JSON list stay
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {text!r}: {item!r} must look like field=value")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return name or "default", overrides
+
+
+def evaluate_choice(name: str, features: np.ndarray, labels: np.ndarray, split, images_of, args,
+                    overrides: dict | None = None) -> dict:
     """KNN@20 precision of the training features, ITQ and BGAN mAP (per seed) on `split`."""
     train = features[split.train]
     knn = knn_cosine(transform_features(train, "sqrt_l2_center"), 20)
     row = {"features": name, "split": split.protocol, "knn20_precision": label_precision(knn, labels[split.train]),
-           "itq": {}, "bgan": {}, "bgan_seconds": {}}
+           "itq": {}, "bgan": {}, "bgan_seconds": {}, "overrides": overrides or {}}
     for n_bits in args.bits:
         row["itq"][n_bits] = score(ITQ(n_bits, random_state=0).fit(train), features, labels, split)
         maps, seconds = [], []
         for seed in args.seeds:
             started = time.perf_counter()
-            hasher = BGANHasher(n_bits, preset="cpu", random_state=seed)
+            hasher = BGANHasher(n_bits, preset="cpu", random_state=seed, **(overrides or {}))
             hasher.fit(train, images=images_of(split.train), progress=False)
             seconds.append(time.perf_counter() - started)
             maps.append(score(hasher, features, labels, split))
@@ -79,10 +101,13 @@ def main() -> None:
     parser.add_argument("--bits", type=int, nargs="+", default=[32])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--test", action="store_true", help="also score every choice on the paper's test split")
+    parser.add_argument("--variant", action="append", default=None, metavar="NAME:FIELD=VALUE,...",
+                        help="a BGAN configuration to train beside the others (repeatable); 'default:' is the preset")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    variants = [parse_variant(text) for text in (args.variant or ["default:"])]
     dataset = load_dataset("cifar10", args.data)
     split = protocol_split(dataset, 0)
     splits = [validation_split(split, 1000)] + ([split] if args.test else [])
@@ -98,7 +123,9 @@ def main() -> None:
     for choice in args.features:
         features = extract_features(dataset, feature_choice(choice))
         for evaluated in splits:
-            rows.append(evaluate_choice(choice, features, dataset.labels, evaluated, images_of, args))
+            for variant, overrides in variants:
+                label = choice if variant == "default" else f"{choice} {variant}"
+                rows.append(evaluate_choice(label, features, dataset.labels, evaluated, images_of, args, overrides))
     write_results(args.output, {
         "benchmark": "feature choice for BGAN on CIFAR-10: KNN@20 precision, ITQ and BGAN mAP@all",
         "rows": rows, "seeds": args.seeds, "bits": args.bits, "preset": "cpu",

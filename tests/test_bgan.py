@@ -75,6 +75,21 @@ def test_same_seed_same_codes():
     assert np.array_equal(codes[0], codes[1])
 
 
+def test_adversarial_term_alone_does_not_reach_the_codes_under_eq18():
+    """The reproduction trains Table 2's N+A (Eq. 18) as N's cell (research.plan.codes_equivalent): the
+    generator and discriminator then train beside an encoder that descends l_N only, so the codes agree."""
+    X, images, _ = _data()
+    common = dict(preset="cpu", random_state=1, use_content=False, **TINY)
+    neighbourhood = BGANHasher(8, use_adversarial=False, **common).fit(X, progress=False)
+    adversarial = BGANHasher(8, use_adversarial=True, **common).fit(X, images=images, progress=False)
+    reaching = BGANHasher(8, use_adversarial=True, adversarial_reaches_encoder=True, **common)
+    reaching.fit(X, images=images, progress=False)
+    assert adversarial.networks_.generator is not None
+    assert np.array_equal(neighbourhood.encode(X), adversarial.encode(X))
+    assert np.array_equal(neighbourhood._project(X), adversarial._project(X))  # not only the signs: z itself
+    assert not np.allclose(neighbourhood._project(X), reaching._project(X))
+
+
 def test_save_load_identity_without_pickles(tmp_path):
     X, images, _ = _data()
     hasher = BGANHasher(8, preset="cpu", random_state=0, **TINY).fit(X, images=images, progress=False)
@@ -321,3 +336,21 @@ def test_fit_setting_errors():
             BGANHasher(8, preset="cpu", device="cuda", **TINY).fit(X, images=images, progress=False)
     with pytest.raises(InputError, match="at least 2"):
         BGANHasher(8, preset="cpu", **TINY).fit(X[:1], images=images[:1], progress=False)
+
+
+def test_training_stops_with_a_clear_error_at_the_first_nan_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from bganhash.bgan import train
+    from bganhash.bgan.train import TrainingDiverged
+
+    X, images, _ = _data()
+    real_loss, calls = train.neighborhood_loss, {"n": 0}
+
+    def diverging(codes, targets, balance=False):
+        calls["n"] += 1
+        loss = real_loss(codes, targets, balance)
+        return loss * float("nan") if calls["n"] > 4 else loss  # stage 1 has 3 steps: NaN in stage 2
+
+    monkeypatch.setattr(train, "neighborhood_loss", diverging)
+    with pytest.raises(TrainingDiverged, match=r"diverged at beta stage 2, epoch 1, step 2: loss_n=nan"):
+        BGANHasher(8, preset="cpu", **TINY).fit(X, images=images, checkpoint_dir=tmp_path, progress=False)
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["next_stage"] == 1  # stage 1's checkpoint stays

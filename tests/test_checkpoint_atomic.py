@@ -150,7 +150,7 @@ def test_a_checkpoint_saved_before_a_field_was_added_still_resumes(tmp_path):
 
     current = make_config("cpu", 32).to_dict()
     saved = make_config("cpu", 32).to_dict()
-    del saved["loss"]["bit_spread_weight"], saved["loss"]["positive_target"]
+    del saved["loss"]["bit_spread_weight"], saved["loss"]["positive_target"], saved["loss"]["negative_target"]
     check_same_config(saved, current, tmp_path)
     saved["loss"]["lambda_content"] = 0.5
     with pytest.raises(InputError, match=r"differs in \['loss.lambda_content'\]"):

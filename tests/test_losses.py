@@ -125,7 +125,7 @@ def test_bit_spread_loss_by_hand():
     assert losses.bit_spread_loss(torch.tensor([[1.0], [1.0]])).item() == pytest.approx(1.0)
 
 
-def test_positive_target_sets_what_a_positive_pair_is_asked_for():
+def test_targets_set_what_positive_and_negative_pairs_are_asked_for():
     import scipy.sparse as sp
 
     from bganhash import InputError
@@ -136,8 +136,12 @@ def test_positive_target_sets_what_a_positive_pair_is_asked_for():
     data = TrainingData(torch.zeros(2, 2), None, positives)
     block = data.similarity_block(np.arange(2), torch.device("cpu"), positive_target=0.25)
     torch.testing.assert_close(block, torch.tensor([[0.25, 0.25], [-1.0, 0.25]]))
+    block = data.similarity_block(np.arange(2), torch.device("cpu"), negative_target=0.0)
+    torch.testing.assert_close(block, torch.tensor([[1.0, 1.0], [0.0, 1.0]]))
     with pytest.raises(InputError, match="positive_target=2 must be between -1 and 1"):
         make_config("cpu", 32, positive_target=2)
+    with pytest.raises(InputError, match="negative_target=0.5 must be below positive_target=0.5"):
+        make_config("cpu", 32, positive_target=0.5, negative_target=0.5)
     with pytest.raises(InputError, match="bit_spread_weight"):
         make_config("cpu", 32, bit_spread_weight=-1.0)
 
@@ -155,3 +159,16 @@ def test_bit_spread_keeps_a_pseudo_class_off_a_single_code():
                             epochs_per_stage=10, lr=3e-3, bit_spread_weight=weight)
         distinct[weight] = len(np.unique(hasher.fit(features, progress=False).encode(features), axis=0))
     assert distinct[0.0] <= 6 and distinct[1.0] >= 3 * distinct[0.0]
+
+
+def test_relative_perceptual_term_keeps_its_scale_as_features_grow():
+    real, fake = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    phi_real, phi_fake = torch.rand(2, 5, 2, 2) + 0.1, torch.rand(2, 5, 2, 2)
+    absolute = [losses.content_loss(real, fake, k * phi_real, k * phi_fake) for k in (1.0, 100.0)]
+    relative = [losses.content_loss(real, fake, k * phi_real, k * phi_fake, relative_perceptual=True)
+                for k in (1.0, 100.0)]
+    assert absolute[1] > 1000 * absolute[0] * 0.9  # the paper's term grows with the features' square
+    torch.testing.assert_close(relative[0], relative[1])
+    pixel = torch.nn.functional.mse_loss(fake, real)
+    expected = pixel + ((phi_fake - phi_real) ** 2).mean() / (phi_real ** 2).mean()
+    torch.testing.assert_close(relative[0], expected)

@@ -84,6 +84,24 @@ def test_vgg_encoder_gives_images_different_codes_at_initialisation():
     assert len(np.unique((z >= 0).numpy(), axis=0)) > 10
 
 
+def test_hash_batchnorm_starts_every_bit_balanced_and_at_unit_scale():
+    """Without it the VGG's z has one sign for most bits over all images and |z| of a few hundredths, where
+    l_N's gradient vanishes; with it each bit is standardised over the batch."""
+    images = images_to_tensor(_digit_images(256), 8)
+    balance = {}
+    for normalised in (False, True):
+        config = make_config("paper", 32, device="cpu", width_factor=0.0625, head_hidden=(256, 256),
+                             hash_batchnorm=normalised)
+        torch.manual_seed(0)
+        networks = BGANNetworks(config, 64, 8).train()
+        z = networks.project(images).detach()
+        positive = (z >= 0).float().mean(dim=0)
+        balance[normalised] = float((2 * torch.minimum(positive, 1 - positive)).mean())
+        if normalised:
+            torch.testing.assert_close(z.std(dim=0), torch.ones(32), atol=0.01, rtol=0)
+    assert balance[True] > 0.8 > 0.3 > balance[False]
+
+
 @pytest.mark.slow
 def test_a_short_paper_preset_run_beats_lsh_on_digits():
     """30 epochs of SGD on 1,597 digits (about 30 s on one thread) with the cpu preset's neighbourhood."""

@@ -93,6 +93,9 @@ def test_plan_trains_a_configuration_shared_by_tables_once():
     same = owner[("table4", "app", 32)].params["config"] == owner[("table3", "bgan", 32)].params["config"]
     assert (owner[("table4", "app", 32)] is owner[("table3", "bgan", 32)]) == same
     assert owner[("table2", "N", 24)] is not owner[("table2", "N+C", 24)]
+    # under Eq. 18, N+A trains l_N's codes (tests/test_bgan.py checks it): one cell; the authors' way is its own
+    assert owner[("table2", "N+A", 24)] is owner[("table2", "N", 24)]
+    assert owner[("table2", "N+A/authors", 24)] is not owner[("table2", "N", 24)]
     assert {b for (e, _, b) in roles if e == "table2"} == set(paper.TABLE2_BITS)
     assert {b for (e, _, b) in roles if e == "table3"} == set(paper.PAPER_BITS)
     assert {e for (e, _, _) in roles} == set(EXPERIMENTS)
@@ -178,7 +181,7 @@ def test_digits_run_writes_every_file_and_our_numbers(digits_run):
     assert f"{collapsed['distinct_codes']} of {collapsed['n_database']} distinct codes" in report
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "<img src=\"figures" not in html
-    assert "[cell 1/20]" in first.output and "elapsed" in first.output and "estimate" in first.output
+    assert "[cell 1/19]" in first.output and "elapsed" in first.output and "estimate" in first.output
     split = json.loads((out / "split.json").read_text())
     assert len(split["query"]) == 40 and len(split["train"]) == 300
     assert {"python", "torch", "numpy", "bganhash", "machine"} <= set(json.loads((out / "versions.json").read_text()))

@@ -152,6 +152,11 @@ class NetworkConfig(_JsonConfig):
     # against 16.3 s per epoch) and scored no lower on the validation split (0.391 against 0.377,
     # 32 bits, tanh, lambda_1 = 0.1); the paper preset allows the authors' 64.
     max_reconstruction_size: int = 16
+    # Batch-normalise z (each bit over the batch; running statistics when encoding). The paper's hash layer
+    # has none; a VGG trained from pixels needs it: at initialisation its z varies little between images
+    # (most bits one sign for all, |z| about 0.04), where l_N's gradient, proportional to the other codes,
+    # is about 0, and a CPU run left l_N at 0.500 for 100 epochs (RESULTS.md, issue 14).
+    hash_batchnorm: bool = False
 
     FORMER_NAMES: ClassVar[dict[str, str]] = {"image_size": "reconstruction_size",
                                               "max_image_size": "max_reconstruction_size"}
@@ -170,6 +175,8 @@ class NetworkConfig(_JsonConfig):
         _check_int(self.max_reconstruction_size, "max_reconstruction_size", 8)
         if not isinstance(self.backbone, str) or not self.backbone:
             raise InputError(f"backbone={self.backbone!r} must be a backbone name")
+        if not isinstance(self.hash_batchnorm, bool):
+            raise InputError(f"hash_batchnorm={self.hash_batchnorm!r} must be true or false")
 
 
 def check_reconstruction_size(size: int) -> int:
@@ -192,6 +199,11 @@ class LossConfig(_JsonConfig):
     lambda_content: float = 0.01
     lambda_adversarial: float = 0.1  # lambda_2 of Eq. 9
     perceptual_weight: float = 1.0  # weight of the perceptual MSE inside the content loss (Eq. 13: 1)
+    # Divide the perceptual MSE by the mean square of the real images' discriminator features, so ℓC keeps
+    # its scale while the discriminator's (unnormalised ELU) features grow. The paper has no such division;
+    # without it the paper preset on 2,000 CIFAR-10 images (1/16 widths, SGD 0.01) saw ℓC grow 0.47 -> 564
+    # in 45 epochs, then every loss NaN and one code for every image (RESULTS.md, issue 14).
+    relative_perceptual: bool = False
     # "app" (Eq. 5), "tanh" (Eq. 7) or "two_step". The paper's Table 4 puts tanh a little ahead; on
     # our validation split app gave 0.415 against tanh's 0.402 (32 bits, l_N only, mean of 3-4 seeds).
     activation: str = "app"
@@ -211,6 +223,9 @@ class LossConfig(_JsonConfig):
     # over nearby codes instead of sharing one vertex. A 10,000-image collection (l_N only, 64 bits):
     # precision@10 0.506 at 1, 0.528 at 0.5, 0.572 at 0; the bit-spread term did better (RESULTS.md).
     positive_target: float = 1.0
+    # l_N's target for a pair that S does not link (the paper: -1, opposite codes). Opposite codes exist for
+    # two groups only; 0 (orthogonal codes, Hamming distance L/2) is a target many groups can meet at once.
+    negative_target: float = -1.0
     # Weight of bganhash.bgan.losses.bit_spread_loss (balanced, uncorrelated bits) beside l_N; 0 is the
     # paper's objective. Collections use K / 50 (collection_bgan_settings): at 10,000 images precision@10
     # 0.574 against 0.517 (32 bits), mAP@all 0.401 against 0.452.
@@ -224,13 +239,17 @@ class LossConfig(_JsonConfig):
     def validate(self) -> None:
         _check_number(self.cosine_target_weight, "cosine_target_weight", 0.0)
         _check_number(self.bit_spread_weight, "bit_spread_weight", 0.0)
-        _check_number(self.positive_target, "positive_target", -1.0)
-        if self.positive_target > 1:
-            raise InputError(f"positive_target={self.positive_target!r} must be between -1 and 1")
+        for name in ("positive_target", "negative_target"):
+            _check_number(getattr(self, name), name, -1.0)
+            if getattr(self, name) > 1:
+                raise InputError(f"{name}={getattr(self, name)!r} must be between -1 and 1")
+        if self.negative_target >= self.positive_target:
+            raise InputError(f"negative_target={self.negative_target!r} must be below "
+                             f"positive_target={self.positive_target!r}")
         if self.cosine_target_weight > 1:
             raise InputError(f"cosine_target_weight={self.cosine_target_weight!r} must be between 0 and 1")
         for name in ("use_neighborhood", "use_content", "use_adversarial", "balance_pairs",
-                     "adversarial_reaches_encoder"):
+                     "adversarial_reaches_encoder", "relative_perceptual"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name}={getattr(self, name)!r} must be true or false")
         for name in ("lambda_content", "lambda_adversarial", "perceptual_weight", "quantization_weight"):

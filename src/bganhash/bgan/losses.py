@@ -44,14 +44,20 @@ def bit_spread_loss(codes: torch.Tensor) -> torch.Tensor:
 
 
 def content_loss(real: torch.Tensor, fake: torch.Tensor, phi_real: torch.Tensor | None = None,
-                 phi_fake: torch.Tensor | None = None, perceptual_weight: float = 1.0) -> torch.Tensor:
+                 phi_fake: torch.Tensor | None = None, perceptual_weight: float = 1.0,
+                 relative_perceptual: bool = False) -> torch.Tensor:
     """Eq. 11-13: pixel MSE + perceptual MSE between the discriminator's last-convolution maps.
 
     Pass `phi_real` already detached: it is a target, and the discriminator does not descend this loss.
+    `relative_perceptual` divides the perceptual MSE by the mean square of `phi_real`, so the term keeps
+    its scale while the discriminator's features grow (LossConfig.relative_perceptual).
     """
     loss = F.mse_loss(fake, real)
     if phi_real is not None and phi_fake is not None and perceptual_weight > 0:
-        loss = loss + perceptual_weight * F.mse_loss(phi_fake, phi_real)
+        perceptual = F.mse_loss(phi_fake, phi_real)
+        if relative_perceptual:
+            perceptual = perceptual / phi_real.pow(2).mean().clamp_min(1e-12)
+        loss = loss + perceptual_weight * perceptual
     return loss
 
 

@@ -45,12 +45,15 @@ def sign_codes(z: torch.Tensor) -> torch.Tensor:
 class HashLayer(nn.Module):
     """z = W_h^T phi (Eq. 15): relaxed codes for training, exact signs for encoding."""
 
-    def __init__(self, in_features: int, n_bits: int) -> None:
+    def __init__(self, in_features: int, n_bits: int, batchnorm: bool = False) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, n_bits)
+        # NetworkConfig.hash_batchnorm; absent (not an identity) so models saved without it load unchanged
+        self.batchnorm = nn.BatchNorm1d(n_bits) if batchnorm else None
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
+        z = self.linear(features)
+        return self.batchnorm(z) if self.batchnorm is not None else z
 
     def forward(self, features: torch.Tensor, beta: float = 1.0, activation: str = "tanh") -> torch.Tensor:
         return relax_sign(self.project(features), beta, activation)
@@ -175,7 +178,8 @@ class Generator(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         maps = self.fully_connected(codes).view(-1, self.fc_channels, BASE_SIZE, BASE_SIZE)
-        return self.deconvolutions(maps)
+        # channels-last maps take oneDNN's fast kernels for these narrow layers (about 1.3x per step on CPU)
+        return self.deconvolutions(maps.contiguous(memory_format=torch.channels_last))
 
 
 class Discriminator(nn.Module):
@@ -199,7 +203,7 @@ class Discriminator(nn.Module):
         )
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.convolutions(images)
+        return self.convolutions(images.contiguous(memory_format=torch.channels_last))
 
     def logits_and_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         phi = self.features(images)
@@ -226,7 +230,7 @@ class BGANNetworks(nn.Module):
             if backbone is None:
                 backbone = create_backbone(net.backbone)
             self.encoder = FinetuneEncoder(backbone, backbone_input_size, net.head_hidden)
-        self.hash_layer = HashLayer(self.encoder.out_features, config.n_bits)
+        self.hash_layer = HashLayer(self.encoder.out_features, config.n_bits, net.hash_batchnorm)
         self.generator: Generator | None = None
         self.discriminator: Discriminator | None = None
         if loss.needs_images:

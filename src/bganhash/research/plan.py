@@ -188,12 +188,21 @@ def _further_seeds(settings: ReproduceSettings, experiment: str, row: str, bits:
 def _bgan_cell(settings: ReproduceSettings, experiment: str, row: str, n_bits: int, variant: dict,
                seed: int | None = None) -> Cell:
     """A BGAN training cell, identified by the digest of its resolved configuration (its seed included)."""
-    overrides = settings.bgan_overrides(variant)
+    overrides = codes_equivalent(settings.bgan_overrides(variant))
     config = bgan_hasher(settings, n_bits, overrides, seed).resolved_config().to_dict()
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     params = {"bits": n_bits, "overrides": overrides, "config": config, **({} if seed is None else {"seed": seed})}
     return Cell(f"bgan-{n_bits}b-{digest}", "bgan", f"{experiment} {row} {n_bits} bits", params,
                 [(experiment, row, n_bits)])
+
+
+def codes_equivalent(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` with l_A dropped where it cannot reach the codes (Eq. 18's reading without l_C: the
+    encoder descends l_N alone, so the run trains bit-identical codes to l_N's and is that cell)."""
+    if overrides.get("use_adversarial") and overrides.get("use_neighborhood", True) and \
+            not overrides.get("use_content", True) and not overrides.get("adversarial_reaches_encoder", False):
+        return {**overrides, "use_adversarial": False}
+    return overrides
 
 
 def bgan_hasher(settings: ReproduceSettings, n_bits: int, overrides: dict[str, Any], seed: int | None = None):
