@@ -217,7 +217,9 @@ def test_digits_report_names_its_protocol_preset_and_readings(digits_run):
 def test_digits_second_run_recomputes_nothing(digits_run):
     out, first, second, mtimes, _ = digits_run
     assert second.exit_code == 0, second.output
-    assert "(0 computed now" in second.output and second.output.count("done earlier, kept") == 20
+    cells = 19  # Table 2 N+A shares N's cell (Eq. 18): 19 cells, as "[cell 1/19]" above
+    assert f"{cells} cells (0 computed now, {cells} kept)" in second.output
+    assert second.output.count("done earlier, kept") == cells
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == mtimes
     assert not (out / "checkpoints").exists()
 
@@ -376,3 +378,19 @@ def test_table6_adds_the_feature_extraction_to_the_training_time():
     markdown = doc.markdown()
     assert "42.0 min = 40.0 extraction + 2.0 training" in markdown and "60,000 images" in markdown
     assert "5h" in markdown and "(paper protocol)" in markdown
+
+
+def test_report_states_the_set_values_that_change_the_preset():
+    from bganhash.research.document import Document
+    from bganhash.research.report import _run_section
+
+    info = {"split": {"protocol": "paper", "query": 1, "train": 2, "database": 3}, "seed": 0, "ranking": "r",
+            "features": "f", "presets": ["paper"], "machine": "m", "date": "d", "dataset": "cifar10", "data": None,
+            "overrides": {"hash_batchnorm": True, "lr": 0.001}}
+    doc = Document()
+    _run_section(doc, info)
+    text = " ".join(str(block) for block in doc.blocks)
+    assert "Changed from the preset for every BGAN cell (`--set`): `hash_batchnorm=true`, `lr=0.001`." in text
+    doc = Document()
+    _run_section(doc, {**info, "overrides": {}})
+    assert "Changed from the preset" not in " ".join(str(block) for block in doc.blocks)
