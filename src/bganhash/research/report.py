@@ -6,6 +6,7 @@ and the published numbers in `bganhash.research.paper`, so nothing in it is type
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -73,7 +74,8 @@ def run_information(settings: ReproduceSettings, data, cells: dict[str, tuple[Ce
         "dataset_label": settings.dataset if jpeg is None else jpeg.label,
         "data": settings.data, "features": data.feature_source, "seed": settings.seed, "quick": settings.quick,
         "split": {"protocol": data.split.protocol, **data.split.sizes()},
-        "presets": presets, "ranking": RANKING_RULE, "machine": machine_description(),
+        "presets": presets, "overrides": dict(settings.overrides), "ranking": RANKING_RULE,
+        "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -88,8 +90,9 @@ def _run_section(doc: Document, info: dict[str, Any]) -> None:
     doc.paragraph(
         "**What differs from the paper.** " + _data_difference(info) + " "
         + " ".join(PRESET_DIFFERENCES.get(preset, f"Preset `{preset}`.") for preset in info["presets"])
-        + " " + IMPLEMENTATION_CHOICES + " Every number marked \"ours\" was produced by this run (see "
-        "results.json); every \"paper\" number is copied from the paper.")
+        + _overrides_note(info.get("overrides") or {}) + " " + IMPLEMENTATION_CHOICES
+        + " Every number marked \"ours\" was produced by this run (see results.json); every \"paper\" number"
+        " is copied from the paper.")
 
 
 PRESET_DIFFERENCES = {
@@ -108,6 +111,14 @@ IMPLEMENTATION_CHOICES = (
     "generator descends the non-saturating adversarial loss −log D(Î) rather than log(1 − D(Î)) (same fixed "
     "point, useful gradients while D wins); under Eq. 18 ℓA does not reach the encoder unless "
     "`adversarial_reaches_encoder` is set (the loss-component ablation shows both readings).")
+
+
+def _overrides_note(overrides: dict[str, Any]) -> str:
+    """The run's `--set` values, which change the preset's settings above for every BGAN cell."""
+    if not overrides:
+        return ""
+    shown = ", ".join(f"`{name}={json.dumps(value)}`" for name, value in sorted(overrides.items()))
+    return f" Changed from the preset for every BGAN cell (`--set`): {shown}."
 
 
 def _data_difference(info: dict[str, Any]) -> str:
