@@ -178,7 +178,8 @@ class Generator(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         maps = self.fully_connected(codes).view(-1, self.fc_channels, BASE_SIZE, BASE_SIZE)
-        # channels-last maps take oneDNN's fast kernels for these narrow layers (about 1.3x per step on CPU)
+        # channels-last maps take oneDNN's fast kernels for these narrow layers (with fused Adam, a CPU
+        # training epoch 1.13x faster: BENCHMARKS.md)
         return self.deconvolutions(maps.contiguous(memory_format=torch.channels_last))
 
 
