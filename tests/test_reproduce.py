@@ -394,3 +394,16 @@ def test_report_states_the_set_values_that_change_the_preset():
     doc = Document()
     _run_section(doc, {**info, "overrides": {}})
     assert "Changed from the preset" not in " ".join(str(block) for block in doc.blocks)
+
+
+def test_table3_under_the_train_test_protocol_says_the_papers_rows_are_another_protocol():
+    from bganhash.research.tables import table3
+
+    results = {("table3", method, 12): {"map": 0.3, "map_at_1000": 0.5} for method in ("bgan", "itq")}
+    caveat = "not this run's train-test protocol"
+    for protocol, expected in (("train-test", True), ("paper", False)):
+        doc = Document()
+        table3(doc, results, "cifar10", {"dataset_label": "CIFAR-10", "split": {"protocol": protocol}})
+        markdown = doc.markdown()
+        assert f"mAP@all, {protocol} protocol" in markdown and "| BGAN (paper) | 0.401 |" in markdown
+        assert (caveat in markdown) is expected
