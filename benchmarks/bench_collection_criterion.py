@@ -15,6 +15,7 @@ Writes benchmarks/results/collection_criterion.json.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -83,9 +84,10 @@ def main() -> None:
         held_out = np.random.default_rng(seed).choice(outside if len(outside) else np.arange(len(collection)),
                                                       min(1000, len(collection)), replace=False)
         history: list[dict] = []
-        BGANHasher._validation_scorer = epoch_scorer(features, dataset.labels, collection, queries, held_out,
-                                                     args.bits, history)
         hasher = BGANHasher(args.bits, random_state=seed, **collection_bgan_settings(len(train)))
+        # this hasher's own per-epoch scorer (shadowing the method on the instance, not on the class)
+        hasher._validation_scorer = functools.partial(
+            epoch_scorer(features, dataset.labels, collection, queries, held_out, args.bits, history), hasher)
         started = time.perf_counter()
         needs_images = hasher.resolved_config().loss.needs_images
         hasher.fit(features[collection][train], images=dataset.to_array(collection[train]) if needs_images else None,
