@@ -11,7 +11,14 @@ from PIL import Image
 
 from bganhash import InputError, NotFittedError
 from bganhash.bgan.config import BGANConfig, LossConfig, NetworkConfig, make_config
-from bganhash.bgan.estimator import BGANHasher, default_reconstruction_size
+from bganhash.bgan.estimator import (
+    BGANHasher,
+    default_reconstruction_size,
+    feature_codes,
+    fit_input_transform,
+    initialise_from_itq,
+)
+from bganhash.hashers import ITQ
 from bganhash.hashers.base import Hasher
 from bganhash.pipeline import ImagePipeline
 
@@ -88,6 +95,27 @@ def test_adversarial_term_alone_does_not_reach_the_codes_under_eq18():
     assert np.array_equal(neighbourhood.encode(X), adversarial.encode(X))
     assert np.array_equal(neighbourhood._project(X), adversarial._project(X))  # not only the signs: z itself
     assert not np.allclose(neighbourhood._project(X), reaching._project(X))
+
+
+@pytest.mark.parametrize("head_hidden", [(), (16,)])
+def test_itq_initialised_hash_layer_starts_from_itq_codes(head_hidden, tmp_path):
+    X, images, _ = _data(n=60)
+    settings = {**TINY, "head_hidden": head_hidden, "hash_init": "itq", "use_content": False, "use_adversarial": False}
+    hasher = BGANHasher(8, preset="cpu", random_state=3, **settings)
+    config = hasher.resolved_config()
+    inputs, _ = fit_input_transform(X, config.neighborhood.feature_transform)
+    networks = hasher._build_networks(config, X.shape[1], 8, pretrained=False)
+    initialise_from_itq(networks, inputs, 8, seed=3)
+    itq_codes = ITQ(8, random_state=3).fit(inputs).encode(inputs)
+    assert np.array_equal(feature_codes(networks, inputs), itq_codes)
+    trained = hasher.fit(X, progress=False)  # 16 small steps: the fit starts from ITQ's codes and keeps them
+    assert np.array_equal(trained.encode(X), itq_codes)
+    weights = trained.networks_.hash_layer.linear.weight
+    assert weights.shape[1] == sum(head_hidden) + X.shape[1]
+    if head_hidden:  # the hidden path, started at 0, learns
+        assert float(weights[:, : sum(head_hidden)].ne(0).float().mean()) > 0.5
+    trained.save(tmp_path / "model")
+    assert np.array_equal(Hasher.load(tmp_path / "model").encode(X), trained.encode(X))
 
 
 def test_save_load_identity_without_pickles(tmp_path):
@@ -308,6 +336,8 @@ def test_presets():
         ({"use_neighborhood": False, "use_content": False, "use_adversarial": False}, "at least one"),
         ({"encoder": "resnet"}, "encoder"),
         ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"hash_init": "pca"}, "hash_init"),
+        ({"hash_init": "itq", "encoder": "vgg"}, "needs encoder='head'"),
     ],
 )
 def test_invalid_settings_name_the_field(overrides, match):

@@ -422,14 +422,18 @@ def test_a_bgan_index_trains_saves_and_searches(tmp_path):
         assert collection.search_images([image], k=3)[0][0].distance == 0
 
 
-@pytest.mark.parametrize("n_images, k, epochs", [(40, 3, 400), (1_000, 5, 50), (10_000, 50, 6), (59_000, 50, 5)])
+@pytest.mark.parametrize("n_images, k, epochs",
+                         [(40, 3, 400), (1_000, 5, 50), (2_000, 10, 25), (10_000, 50, 6), (59_000, 50, 5)])
 def test_bgan_neighborhood_shrinks_and_schedule_grows_with_small_collections(n_images, k, epochs):
     settings = collection_bgan_settings(n_images)
     assert (settings["k1"], settings["k2"], settings["epochs_per_stage"]) == (k, k, epochs)
     # the codes of a pseudo-class spread, the more the larger K (RESULTS.md, issue 12)
-    assert settings["bit_spread_weight"] == pytest.approx(k / 50)
     generative = n_images < 10_000  # from K = 50 on, l_N and the spread term only (RESULTS.md, issue 12)
     assert settings["use_content"] == settings["use_adversarial"] == generative
+    # from K = 10 on, training starts from ITQ's codes and the spread term weighs half (RESULTS.md, issue 12)
+    itq_start = k >= 10
+    assert settings["bit_spread_weight"] == pytest.approx((0.5 if itq_start else 1.0) * k / 50)
+    assert settings["hash_init"] == ("itq" if itq_start else "random")
     steps = settings["epochs_per_stage"] * 4 * -(-n_images // 128)
     assert steps >= 1_600  # every collection gets at least the steps 10,000 images get
 

@@ -18,6 +18,7 @@ from bganhash.features.transforms import TRANSFORMS
 
 PRESETS = ("cpu", "paper")
 ENCODERS = ("head", "vgg", "finetune")
+HASH_INITS = ("random", "itq")
 ACTIVATIONS = ("app", "tanh", "two_step")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -157,12 +158,20 @@ class NetworkConfig(_JsonConfig):
     # (most bits one sign for all, |z| about 0.04), where l_N's gradient, proportional to the other codes,
     # is about 0, and a CPU run left l_N at 0.500 for 100 epochs (RESULTS.md, issue 14).
     hash_batchnorm: bool = False
+    # "itq": the head encoder also passes its input features through to the hash layer, whose weights start
+    # as ITQ's projection of them (the hidden layer's weights at 0), so training starts from ITQ's codes
+    # (encoder="head" only). "random": PyTorch's default initialisation, the paper's.
+    hash_init: str = "random"
 
     FORMER_NAMES: ClassVar[dict[str, str]] = {"image_size": "reconstruction_size",
                                               "max_image_size": "max_reconstruction_size"}
 
     def validate(self) -> None:
         _check_choice(self.encoder, "encoder", ENCODERS)
+        _check_choice(self.hash_init, "hash_init", HASH_INITS)
+        if self.hash_init == "itq" and self.encoder != "head":
+            raise InputError(f"hash_init='itq' initialises the hash layer on features: it needs encoder='head', "
+                             f"not {self.encoder!r}")
         _check_int_tuple(self.head_hidden, "head_hidden", 1, allow_empty=True)
         _check_int_tuple(self.generator_widths, "generator_widths", 1, allow_empty=False)
         _check_int(self.generator_fc_channels, "generator_fc_channels", 1)

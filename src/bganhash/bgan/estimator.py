@@ -18,12 +18,13 @@ from bganhash.bgan.config import (
     override_config,
     upgrade_config_document,
 )
-from bganhash.bgan.model import BGANNetworks, images_to_tensor
+from bganhash.bgan.model import BGANNetworks, images_to_tensor, initialise_hash_layer
 from bganhash.bgan.train import Trainer, TrainingData
 from bganhash.features.backbones import create_backbone
 from bganhash.features.config import FeatureConfig
 from bganhash.features.transforms import transform_center, transform_features
 from bganhash.hashers.base import Hasher
+from bganhash.hashers.itq import ITQ
 from bganhash.metrics import mean_average_precision
 from bganhash.neighborhood.algorithm import neighborhood_structure
 from bganhash.neighborhood.supervised import label_neighborhood
@@ -161,6 +162,8 @@ class BGANHasher(Hasher):
         similarity = self._similarity(inputs, neighborhood, labels, config, progress)
         torch.manual_seed(config.train.seed)
         networks = self._build_networks(config, X.shape[1], reconstruction_size or 8, pretrained=True)
+        if config.network.hash_init == "itq":
+            initialise_from_itq(networks, inputs, config.n_bits, config.train.seed)
         networks.to(config.train.device)
         data = TrainingData(targets if pixels else torch.from_numpy(inputs), targets, similarity)
         evaluate = None if validation is None else self._validation_scorer(validation, config, center, X.shape[1])
@@ -298,6 +301,17 @@ class BGANHasher(Hasher):
         inputs = transform_features(X, self.config_["neighborhood"]["feature_transform"], self.input_center_)
         with torch.no_grad():
             return self.networks_.project(torch.from_numpy(inputs)).numpy()
+
+
+def initialise_from_itq(networks: BGANNetworks, inputs: np.ndarray, n_bits: int, seed: int) -> None:
+    """Fit ITQ on the training inputs and start the hash layer as its projection, scaled to unit standard
+    deviation (so tanh(beta z) starts neither saturated nor flat): training starts from ITQ's codes."""
+    itq = ITQ(n_bits, random_state=seed).fit(inputs)
+    projection = itq.components_ @ itq.rotation_.astype(np.float32)
+    scale = float(np.std((inputs - itq.mean_.astype(np.float32)) @ projection)) or 1.0
+    projection = projection / scale
+    initialise_hash_layer(networks.hash_layer, networks.encoder, projection,
+                          -(itq.mean_.astype(np.float32) @ projection))
 
 
 def feature_codes(networks: BGANNetworks, inputs: np.ndarray, batch_size: int = 4096) -> np.ndarray:

@@ -73,14 +73,34 @@ def _fully_connected(in_features: int, hidden: tuple[int, ...]) -> tuple[nn.Sequ
 
 
 class HeadEncoder(nn.Module):
-    """FC layers on cached frozen backbone features: the CPU mode's encoder."""
+    """FC layers on cached frozen backbone features: the CPU mode's encoder. With `passthrough` (and hidden
+    layers) it outputs [FC(features), features], so the hash layer can start as a linear hash of the features
+    (NetworkConfig.hash_init)."""
 
-    def __init__(self, in_features: int, hidden: tuple[int, ...] = (1024,)) -> None:
+    def __init__(self, in_features: int, hidden: tuple[int, ...] = (1024,), passthrough: bool = False) -> None:
         super().__init__()
         self.layers, self.out_features = _fully_connected(in_features, tuple(hidden))
+        self.hidden_features = self.out_features if hidden else 0
+        self.passthrough = passthrough and bool(hidden)
+        if self.passthrough:
+            self.out_features += in_features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.passthrough:
+            return torch.cat([self.layers(features), features], dim=1)
         return self.layers(features)
+
+
+@torch.no_grad()
+def initialise_hash_layer(hash_layer: HashLayer, encoder: HeadEncoder, projection: np.ndarray,
+                          offset: np.ndarray) -> None:
+    """Start the hash layer as z = features @ projection + offset (a linear hash such as ITQ's), with the
+    hidden layer's weights at 0; the hidden path still learns (its weights' gradient is not 0)."""
+    linear = hash_layer.linear
+    linear.weight.zero_()
+    start = encoder.hidden_features if encoder.passthrough else 0
+    linear.weight[:, start:] = torch.from_numpy(np.ascontiguousarray(projection.T, dtype=np.float32))
+    linear.bias.copy_(torch.from_numpy(np.asarray(offset, dtype=np.float32)))
 
 
 class VGGEncoder(nn.Module):
@@ -224,7 +244,7 @@ class BGANNetworks(nn.Module):
         super().__init__()
         net, loss = config.network, config.loss
         if net.encoder == "head":
-            self.encoder: nn.Module = HeadEncoder(n_features, net.head_hidden)
+            self.encoder: nn.Module = HeadEncoder(n_features, net.head_hidden, passthrough=net.hash_init == "itq")
         elif net.encoder == "vgg":
             self.encoder = VGGEncoder(reconstruction_size, net.head_hidden, net.width_factor)
         else:

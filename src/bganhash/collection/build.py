@@ -220,16 +220,21 @@ def _train_hasher(dataset: Any, features: np.ndarray, state: State, config: Buil
 COLLECTION_TRAINING_STEPS = 1_600  # what the cpu preset's 20 epochs of 10,000 images take
 COLLECTION_LR = 3e-3
 COLLECTION_MAX_K = 50  # K1 = K2 from 10,000 images on (the cpu preset's)
-# Balanced, uncorrelated bits (bganhash.bgan.losses.bit_spread_loss) beside l_N, at this weight for K = 50
-# and in proportion to K below: at 10,000 images (K = 50) precision@10 0.612 against 0.470 without, mAP@all
-# 0.424 against 0.465 (l_N only, 64 bits, seed 1); at 1,000 images (K = 5), weight 1 left precision@10 where
-# it was (0.539 against 0.538) and cost 0.08 of mAP@all (RESULTS.md, issue 12).
+# Balanced, uncorrelated bits (bganhash.bgan.losses.bit_spread_loss) beside l_N, in proportion to K / 50: from
+# a random start, weight 1 (at K = 50) lifted precision@10 from 0.470 to 0.612 at 10,000 images (l_N only,
+# 64 bits); from ITQ's codes, 0.5: 49,500 images, 32 bits, seeds 0 / 1, 0.603 / 0.581 against 0.565 / 0.563 at
+# 0.25 and 0.583 / 0.569 at 1 (ITQ 0.550 / 0.549; RESULTS.md, issue 12).
 COLLECTION_BIT_SPREAD_WEIGHT = 1.0
+ITQ_START_BIT_SPREAD_WEIGHT = 0.5
+# From this K (2,000 images) on, training starts from ITQ's codes (NetworkConfig.hash_init): at 2,000 images
+# precision@10 0.552 / 0.559 (32 bits) and 0.566 / 0.571 (64) against 0.534 / 0.527 and 0.552 / 0.565 from a
+# random start; at 1,000, 0.503 / 0.497 against 0.531 / 0.517 (seed 0; RESULTS.md, issue 12).
+ITQ_START_MIN_K = 10
 
 
-def collection_bgan_settings(n_images: int, batch_size: int = 128, n_stages: int = 4) -> dict[str, float]:
-    """BGAN's settings for a collection of n images, on top of the cpu preset: K1 = K2 and a schedule long
-    enough to learn from few images.
+def collection_bgan_settings(n_images: int, batch_size: int = 128, n_stages: int = 4) -> dict[str, Any]:
+    """BGAN's settings for a collection of n images, on top of the cpu preset: K1 = K2, a schedule long
+    enough to learn from few images, a bit-spread term, and from 2,000 images on a start from ITQ's codes.
 
     K1 = K2 = 50 gives about 1,000 positives per image; in a collection of a few hundred images that is every
     image, and BGAN learns one code for all (measured: 120 digits, 1 distinct code; with K = 3, 102), so K
@@ -240,19 +245,21 @@ def collection_bgan_settings(n_images: int, batch_size: int = 128, n_stages: int
     on, l_N alone puts a pseudo-class of hundreds on one code (5,102 distinct codes of 10,000 at 32 bits) and
     the top of a Hamming ranking is a tie in insertion order; a bit-spread term keeps bits balanced and
     uncorrelated, so a pseudo-class spreads over nearby codes; its weight grows with K, as the pull of the
-    positive sets does. From K = 50 (10,000 images) on, no generator or discriminator: there, at lr 3e-3,
-    their content term grew from 0.7 to 29 over training and undid the codes in its last epochs (10,000
-    images, 32 bits, seed 0: precision@10 0.527 against ITQ's 0.536); l_N and the spread term alone gave
-    0.571 / 0.582 over two seeds, in a third of the time. Below, the whole BGAN scored higher (1,000 images:
-    +0.047 to +0.060 over ITQ against +0.014 to +0.025 for l_N alone; RESULTS.md, issue 12).
+    positive sets does. From K = 10 on the hash layer starts as ITQ's projection, so l_N refines codes that
+    already rank well instead of finding them from random ones (at 49,500 images, 32 bits, 0.580-0.603 over
+    three seeds against 0.518-0.556 from a random start; ITQ 0.542-0.550); below, ITQ's start held the codes
+    at ITQ's level. From K = 50 (10,000 images) on, no generator or discriminator: there, at lr 3e-3, their
+    content term grew from 0.7 to 29 over training and undid the codes in its last epochs.
     """
     k = max(3, min(COLLECTION_MAX_K, n_images // 200))
     generative = k < COLLECTION_MAX_K  # the generator and discriminator below 10,000 images only (docstring)
+    itq_start = k >= ITQ_START_MIN_K
     steps_per_epoch = max(1, -(-n_images // batch_size))
     epochs = max(5, -(-COLLECTION_TRAINING_STEPS // (n_stages * steps_per_epoch)))
-    return {"k1": k, "k2": k, "epochs_per_stage": epochs, "lr": COLLECTION_LR,
-            "bit_spread_weight": COLLECTION_BIT_SPREAD_WEIGHT * k / COLLECTION_MAX_K,
-            "use_content": generative, "use_adversarial": generative}
+    spread = (ITQ_START_BIT_SPREAD_WEIGHT if itq_start else COLLECTION_BIT_SPREAD_WEIGHT) * k / COLLECTION_MAX_K
+    return {"k1": k, "k2": k, "epochs_per_stage": epochs, "lr": COLLECTION_LR, "bit_spread_weight": spread,
+            "use_content": generative, "use_adversarial": generative,
+            "hash_init": "itq" if itq_start else "random"}
 
 
 def training_rows(n_images: int, max_train: int, seed: int) -> np.ndarray:
