@@ -307,11 +307,9 @@ def initialise_from_itq(networks: BGANNetworks, inputs: np.ndarray, n_bits: int,
     """Fit ITQ on the training inputs and start the hash layer as its projection, scaled to unit standard
     deviation (so tanh(beta z) starts neither saturated nor flat): training starts from ITQ's codes."""
     itq = ITQ(n_bits, random_state=seed).fit(inputs)
-    projection = itq.components_ @ itq.rotation_.astype(np.float32)
-    scale = float(np.std((inputs - itq.mean_.astype(np.float32)) @ projection)) or 1.0
-    projection = projection / scale
-    initialise_hash_layer(networks.hash_layer, networks.encoder, projection,
-                          -(itq.mean_.astype(np.float32) @ projection))
+    mean, projection = itq.mean_.astype(np.float32), itq.components_ @ itq.rotation_.astype(np.float32)
+    projection = projection / (float(np.std((inputs - mean) @ projection)) or 1.0)
+    initialise_hash_layer(networks.hash_layer, networks.encoder, projection, -(mean @ projection))
 
 
 def feature_codes(networks: BGANNetworks, inputs: np.ndarray, batch_size: int = 4096) -> np.ndarray:
