@@ -309,7 +309,7 @@ def initialise_from_itq(networks: BGANNetworks, inputs: np.ndarray, n_bits: int,
     itq = ITQ(n_bits, random_state=seed).fit(inputs)
     mean, projection = itq.mean_.astype(np.float32), itq.components_ @ itq.rotation_.astype(np.float32)
     projection = projection / (float(np.std((inputs - mean) @ projection)) or 1.0)
-    initialise_hash_layer(networks.hash_layer, networks.encoder, projection, -(mean @ projection))
+    initialise_hash_layer(networks.hash_layer, projection, -(mean @ projection))
 
 
 def feature_codes(networks: BGANNetworks, inputs: np.ndarray, batch_size: int = 4096) -> np.ndarray:

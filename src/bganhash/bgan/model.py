@@ -80,7 +80,6 @@ class HeadEncoder(nn.Module):
     def __init__(self, in_features: int, hidden: tuple[int, ...] = (1024,), passthrough: bool = False) -> None:
         super().__init__()
         self.layers, self.out_features = _fully_connected(in_features, tuple(hidden))
-        self.hidden_features = self.out_features if hidden else 0
         self.passthrough = passthrough and bool(hidden)
         if self.passthrough:
             self.out_features += in_features
@@ -92,14 +91,13 @@ class HeadEncoder(nn.Module):
 
 
 @torch.no_grad()
-def initialise_hash_layer(hash_layer: HashLayer, encoder: HeadEncoder, projection: np.ndarray,
-                          offset: np.ndarray) -> None:
-    """Start the hash layer as z = features @ projection + offset (a linear hash such as ITQ's), with the
-    hidden layer's weights at 0; the hidden path still learns (its weights' gradient is not 0)."""
+def initialise_hash_layer(hash_layer: HashLayer, projection: np.ndarray, offset: np.ndarray) -> None:
+    """Start the hash layer as z = features @ projection + offset (a linear hash such as ITQ's) on its last
+    inputs, the features a HeadEncoder passes through, with the hidden layer's weights at 0; the hidden path
+    still learns (its weights' gradient is not 0)."""
     linear = hash_layer.linear
     linear.weight.zero_()
-    start = encoder.hidden_features if encoder.passthrough else 0
-    linear.weight[:, start:] = torch.from_numpy(np.ascontiguousarray(projection.T, dtype=np.float32))
+    linear.weight[:, -projection.shape[0]:] = torch.from_numpy(np.ascontiguousarray(projection.T, dtype=np.float32))
     linear.bias.copy_(torch.from_numpy(np.asarray(offset, dtype=np.float32)))
 
 
