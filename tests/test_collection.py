@@ -414,7 +414,7 @@ def test_a_bgan_index_trains_saves_and_searches(tmp_path):
     with Collection.load(out) as collection:
         assert collection.manifest["method"] == "bgan" and type(collection.hasher).__name__ == "BGANHasher"
         assert collection.hasher.config_["neighborhood"]["k1"] == 3  # scaled down for a small collection
-        assert collection.hasher.networks_.generator is not None  # the whole BGAN below 10,000 images
+        assert collection.hasher.networks_.generator is not None  # the whole BGAN below 5,000 images
         assert sorted(p.name for p in (out / collection.manifest["model"]).iterdir()) == ["hasher.json",
                                                                                           "hasher.safetensors"]
         assert len(np.unique(collection.codes, axis=0)) >= 40, "the codes collapsed to a few values"
@@ -423,15 +423,17 @@ def test_a_bgan_index_trains_saves_and_searches(tmp_path):
 
 
 @pytest.mark.parametrize("n_images, k, epochs",
-                         [(40, 3, 400), (1_000, 5, 50), (2_000, 10, 25), (10_000, 50, 6), (59_000, 50, 5)])
+                         [(40, 3, 400), (999, 4, 50), (1_000, 10, 50), (2_000, 20, 25), (4_999, 49, 10),
+                          (5_000, 50, 10), (59_000, 50, 5)])
 def test_bgan_neighborhood_shrinks_and_schedule_grows_with_small_collections(n_images, k, epochs):
     settings = collection_bgan_settings(n_images)
     assert (settings["k1"], settings["k2"], settings["epochs_per_stage"]) == (k, k, epochs)
     # the codes of a pseudo-class spread, the more the larger K (RESULTS.md, issue 12)
-    generative = n_images < 10_000  # from K = 50 on, l_N and the spread term only (RESULTS.md, issue 12)
+    generative = k < 50  # from K = 50 (5,000 images) on, l_N and the spread term only (RESULTS.md, issue 12)
     assert settings["use_content"] == settings["use_adversarial"] == generative
-    # from K = 10 on, training starts from ITQ's codes and the spread term weighs half (RESULTS.md, issue 12)
-    itq_start = k >= 10
+    # from 1,000 images on, training starts from ITQ's codes with K >= 10 and the spread term weighs half
+    # (RESULTS.md, issue 12)
+    itq_start = n_images >= 1_000
     assert settings["bit_spread_weight"] == pytest.approx((0.5 if itq_start else 1.0) * k / 50)
     assert settings["hash_init"] == ("itq" if itq_start else "random")
     steps = settings["epochs_per_stage"] * 4 * -(-n_images // 128)

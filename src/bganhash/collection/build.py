@@ -219,41 +219,52 @@ def _train_hasher(dataset: Any, features: np.ndarray, state: State, config: Buil
 
 COLLECTION_TRAINING_STEPS = 1_600  # what the cpu preset's 20 epochs of 10,000 images take
 COLLECTION_LR = 3e-3
-COLLECTION_MAX_K = 50  # K1 = K2 from 10,000 images on (the cpu preset's)
+COLLECTION_MAX_K = 50  # K1 = K2 from 5,000 images on (the cpu preset's)
 # Balanced, uncorrelated bits (bganhash.bgan.losses.bit_spread_loss) beside l_N, in proportion to K / 50: from
 # a random start, weight 1 (at K = 50) lifted precision@10 from 0.470 to 0.612 at 10,000 images (l_N only,
 # 64 bits); from ITQ's codes, 0.5: 49,500 images, 32 bits, seeds 0 / 1, 0.603 / 0.581 against 0.565 / 0.563 at
 # 0.25 and 0.583 / 0.569 at 1 (ITQ 0.550 / 0.549; RESULTS.md, issue 12).
 COLLECTION_BIT_SPREAD_WEIGHT = 1.0
 ITQ_START_BIT_SPREAD_WEIGHT = 0.5
-# From this K (2,000 images) on, training starts from ITQ's codes (NetworkConfig.hash_init): at 2,000 images
-# precision@10 0.552 / 0.559 (32 bits) and 0.566 / 0.571 (64) against 0.534 / 0.527 and 0.552 / 0.565 from a
-# random start; at 1,000, 0.503 / 0.497 against 0.531 / 0.517 (seed 0; RESULTS.md, issue 12).
+# From this many images on, training starts from ITQ's codes (NetworkConfig.hash_init) with K at least
+# ITQ_START_MIN_K: at 2,000 images precision@10 0.552 / 0.559 (32 bits) and 0.566 / 0.571 (64) against
+# 0.534 / 0.527 and 0.552 / 0.565 from a random start; at 1,000 images with K = 10, 64 bits, seeds 0 / 1 / 2,
+# 0.540 / 0.540 / 0.540 against 0.515 / 0.546 / 0.539 from a random start with K = 5 (ITQ 0.508 / 0.500 /
+# 0.496); ITQ's start with K = 5 held the codes at ITQ's level (RESULTS.md, issue 12).
+ITQ_START_MIN_IMAGES = 1_000
 ITQ_START_MIN_K = 10
+# With that start K = n / 100 (up to COLLECTION_MAX_K): at 2,000 images, 64 bits, seeds 0 / 1 / 2, K = 20 gave
+# 0.573 / 0.593 / 0.580 against 0.566 / 0.567 / 0.575 with K = 10 (ITQ 0.535 / 0.537 / 0.539; RESULTS.md).
+ITQ_START_IMAGES_PER_K = 100
 
 
 def collection_bgan_settings(n_images: int, batch_size: int = 128, n_stages: int = 4) -> dict[str, Any]:
     """BGAN's settings for a collection of n images, on top of the cpu preset: K1 = K2, a schedule long
-    enough to learn from few images, a bit-spread term, and from 2,000 images on a start from ITQ's codes.
+    enough to learn from few images, a bit-spread term, and from 1,000 images on a start from ITQ's codes.
 
     K1 = K2 = 50 gives about 1,000 positives per image; in a collection of a few hundred images that is every
     image, and BGAN learns one code for all (measured: 120 digits, 1 distinct code; with K = 3, 102), so K
-    shrinks with n: n / 200, at least 3. And the preset's 5 epochs per stage are 1,580 Adam steps at 10,000
-    images but 160 at 1,000: too few, the codes stayed half-collapsed (precision@10 0.36 against ITQ's 0.51,
-    503 distinct codes of 1,000). At least COLLECTION_TRAINING_STEPS steps at lr 3e-3 gave 0.538 and 865
-    (RESULTS.md, issue 12: every lever measured on CIFAR-10's training folder). From a few thousand images
-    on, l_N alone puts a pseudo-class of hundreds on one code (5,102 distinct codes of 10,000 at 32 bits) and
-    the top of a Hamming ranking is a tie in insertion order; a bit-spread term keeps bits balanced and
-    uncorrelated, so a pseudo-class spreads over nearby codes; its weight grows with K, as the pull of the
-    positive sets does. From K = 10 on the hash layer starts as ITQ's projection, so l_N refines codes that
-    already rank well instead of finding them from random ones (at 49,500 images, 32 bits, 0.580-0.603 over
-    three seeds against 0.518-0.556 from a random start; ITQ 0.542-0.550); below, ITQ's start held the codes
-    at ITQ's level. From K = 50 (10,000 images) on, no generator or discriminator: there, at lr 3e-3, their
-    content term grew from 0.7 to 29 over training and undid the codes in its last epochs.
+    shrinks with n. And the preset's 5 epochs per stage are 1,580 Adam steps at 10,000 images but 160 at
+    1,000: too few, the codes stayed half-collapsed (precision@10 0.36 against ITQ's 0.51, 503 distinct codes
+    of 1,000). At least COLLECTION_TRAINING_STEPS steps at lr 3e-3 gave 0.538 and 865 (RESULTS.md, issue 12:
+    every lever measured on CIFAR-10's training folder). From a few thousand images on, l_N alone puts a
+    pseudo-class of hundreds on one code (5,102 distinct codes of 10,000 at 32 bits) and the top of a Hamming
+    ranking is a tie in insertion order; a bit-spread term keeps bits balanced and uncorrelated, so a
+    pseudo-class spreads over nearby codes; its weight grows with K, as the pull of the positive sets does.
+    From 1,000 images on the hash layer starts as ITQ's projection, so l_N refines codes that already rank
+    well instead of finding them from random ones (at 49,500 images, 32 bits, 0.580-0.603 over three seeds
+    against 0.518-0.556 from a random start; ITQ 0.542-0.550), with K = n / 100, at least 10 (with the n / 200
+    of the random start, ITQ's start held 1,000 images' codes at ITQ's level). Below 1,000 images: a random
+    start, K = n / 200, at least 3. From K = 50 (5,000 images) on, no generator or discriminator: at 10,000
+    images, lr 3e-3, their content term grew from 0.7 to 29 over training and undid the codes in its last
+    epochs; at 5,000 the hash head alone scored as well, five times faster.
     """
-    k = max(3, min(COLLECTION_MAX_K, n_images // 200))
-    generative = k < COLLECTION_MAX_K  # the generator and discriminator below 10,000 images only (docstring)
-    itq_start = k >= ITQ_START_MIN_K
+    itq_start = n_images >= ITQ_START_MIN_IMAGES
+    if itq_start:
+        k = max(ITQ_START_MIN_K, min(COLLECTION_MAX_K, n_images // ITQ_START_IMAGES_PER_K))
+    else:
+        k = max(3, n_images // 200)
+    generative = k < COLLECTION_MAX_K  # the generator and discriminator below 5,000 images only (docstring)
     steps_per_epoch = max(1, -(-n_images // batch_size))
     epochs = max(5, -(-COLLECTION_TRAINING_STEPS // (n_stages * steps_per_epoch)))
     spread = (ITQ_START_BIT_SPREAD_WEIGHT if itq_start else COLLECTION_BIT_SPREAD_WEIGHT) * k / COLLECTION_MAX_K
